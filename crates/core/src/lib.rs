@@ -24,6 +24,7 @@ pub mod input;
 pub mod money;
 pub mod orchestrator;
 pub mod sequence;
+pub mod timeline;
 pub mod timers;
 
 pub use customer::Customer;

@@ -280,7 +280,7 @@ pub fn decide(a: &Account, input: &AccountInput, _now: Timestamp) -> Decided<Acc
             _ => Err(reject()),
         },
         I::PaymentDelinquent => match a.state {
-            S::Active => changed(Decision::to(
+            S::Active | S::PendingVerification => changed(Decision::to(
                 Account {
                     restriction: Some(Restriction::Payment),
                     ..with(S::Restricted)
