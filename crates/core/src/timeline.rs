@@ -24,10 +24,10 @@ pub const FIRINGS_PER_ADVANCE_MAX: usize = 100_000;
 /// The answer to one input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decided {
-    /// A customer event's result.
-    Customer(EventResult),
-    /// A catalog command's result.
-    Catalog(CatalogResult),
+    /// A customer event's result (boxed: it holds the next customer state).
+    Customer(Box<EventResult>),
+    /// A catalog command's result (boxed like the other).
+    Catalog(Box<CatalogResult>),
 }
 
 impl Decided {
@@ -105,14 +105,14 @@ impl Timeline {
                         .insert(event.customer_id.clone(), next.clone());
                     result.next = Some(next);
                 }
-                Decided::Customer(result)
+                Decided::Customer(Box::new(result))
             }
             Input::Catalog(command) => {
                 let result = decide_catalog(self.catalog.get(command.sku()), command, &ctx)?;
                 if let Some(next) = &result.next {
                     self.catalog.insert(command.sku().clone(), next.clone());
                 }
-                Decided::Catalog(result)
+                Decided::Catalog(Box::new(result))
             }
         };
         if decided.applied() {
@@ -142,8 +142,8 @@ impl Timeline {
     }
 
     /// Moves the clock to `until`, firing every timer due by then in deadline order, each at its
-    /// own deadline. Returns what each firing decided.
-    pub fn advance_to(&mut self, until: Timestamp) -> Vec<Decided> {
+    /// own deadline. Returns each firing with what it decided.
+    pub fn advance_to(&mut self, until: Timestamp) -> Vec<Firing> {
         let mut fired = Vec::new();
         while fired.len() < FIRINGS_PER_ADVANCE_MAX {
             let Some((due_at, owner)) = self.next_timer().filter(|(at, _)| *at <= until) else {
@@ -163,10 +163,11 @@ impl Timeline {
                     due_at,
                 }),
             };
-            match self.submit(input) {
+            let at = self.now();
+            match self.submit(input.clone()) {
                 Ok(decided) => {
                     let applied = decided.applied();
-                    fired.push(decided);
+                    fired.push(Firing { at, input, decided });
                     if !applied {
                         // A refused firing would stay due forever; it is a bug, surfaced by the
                         // result, and the loop stops rather than spin.
@@ -190,6 +191,17 @@ impl Timeline {
         timeline.next_event = log.len() as u64;
         Ok(timeline)
     }
+}
+
+/// One timer firing during [`Timeline::advance_to`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firing {
+    /// When it fired.
+    pub at: Timestamp,
+    /// The firing, as an input.
+    pub input: Input,
+    /// What it decided.
+    pub decided: Decided,
 }
 
 /// Whose timer is due.

@@ -1,4 +1,5 @@
 //! Each conflict of SPEC 2.3, provoked by an input sequence and resolved as specified.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Golden tests for proration to the cent (SPEC 2.2): the SPEC's examples, a period of odd length,
 //! rounding at exactly half a cent, and the largest prices accepted.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
 
 mod common;
 

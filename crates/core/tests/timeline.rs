@@ -1,19 +1,20 @@
 //! Timeline tests with an injected clock: escalation, the retry ladder, suspension refunds, trials
 //! and period ends happen at exactly the times the SPEC fixes, and never before.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
 
 mod common;
 
 use common::*;
 use marketgov_core::governor::EffectKind;
 use marketgov_core::orchestrator::EventStatus;
-use marketgov_core::timeline::Decided;
+use marketgov_core::timeline::{Decided, Firing};
 use marketgov_core::GovernorKind as G;
 use serde_json::json;
 
-fn escalations(fired: &[Decided]) -> Vec<u8> {
+fn escalations(fired: &[Firing]) -> Vec<u8> {
     fired
         .iter()
-        .filter_map(|d| match d {
+        .filter_map(|f| match &f.decided {
             Decided::Customer(r) => Some(r.effects.iter().filter_map(|e| match &e.kind {
                 EffectKind::Escalate { level, .. } => Some(*level),
                 _ => None,
@@ -275,7 +276,7 @@ fn a_manual_suspension_not_lifted_in_72_hours_cancels_and_refunds_unused_time() 
     assert!(tl.advance_to(at(9 * DAY - 1)).is_empty());
     let fired = tl.advance_to(at(9 * DAY));
     assert_eq!(fired.len(), 1);
-    let Decided::Customer(r) = &fired[0] else {
+    let Decided::Customer(r) = &fired[0].decided else {
         panic!("customer timer")
     };
     assert_eq!(state(&tl, "c1", G::Entitlement), Some("cancelled"));

@@ -224,7 +224,7 @@ fn severity(state: S) -> u8 {
 
 impl Quota {
     /// The state the usage alone calls for.
-    fn from_usage(&self) -> S {
+    fn state_by_usage(&self) -> S {
         if self.suspended {
             return S::Blocked;
         }
@@ -312,7 +312,7 @@ pub fn decide(q: &Quota, input: &QuotaInput, _now: Timestamp) -> Decided<Quota> 
                 next.usage.clear();
                 next.forced_throttle = false;
             }
-            next.state = next.from_usage();
+            next.state = next.state_by_usage();
             changed(next, format!("{} limits in force", limits.len()))
         }
         I::Report {
@@ -336,7 +336,7 @@ pub fn decide(q: &Quota, input: &QuotaInput, _now: Timestamp) -> Decided<Quota> 
             );
             // A usage report clears an SLA breach and a forced throttle: it is fresh evidence.
             next.forced_throttle = false;
-            next.state = next.from_usage();
+            next.state = next.state_by_usage();
             let message = format!(
                 "{resource} at {}% of {limit}: {}",
                 percent(*current, *limit),
@@ -371,7 +371,7 @@ pub fn decide(q: &Quota, input: &QuotaInput, _now: Timestamp) -> Decided<Quota> 
             }
             let mut next = q.clone();
             next.suspended = false;
-            next.state = next.from_usage();
+            next.state = next.state_by_usage();
             let message = format!("usage limits apply again: {}", next.state.as_str());
             changed(next, message)
         }

@@ -1,5 +1,5 @@
 //! Builders shared by the core's integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use jiff::Timestamp;
 use marketgov_core::orchestrator::{EventResult, EventStatus, Outcome};
@@ -66,7 +66,7 @@ pub fn market() -> Timeline {
 /// Submits a customer event given as JSON and returns its result.
 pub fn send(tl: &mut Timeline, value: serde_json::Value) -> EventResult {
     match tl.submit_json(&value.to_string()) {
-        Ok(Decided::Customer(result)) => result,
+        Ok(Decided::Customer(result)) => *result,
         other => panic!("expected a customer result for {value}, got {other:?}"),
     }
 }
