@@ -519,16 +519,17 @@ pub struct ProductDefinition {
 }
 
 impl ProductDefinition {
-    /// The shape checks done on input. The catalog governor's schema validation (at publish) applies
-    /// the same rules again, so a product stored before a rule existed cannot be published.
+    /// The shape checks done on input: bounds, lengths, money, currency. A draft may still be
+    /// incomplete (no name, a period of 0 days, a quota of 0); the catalog governor's schema check
+    /// at publication refuses those, so an incomplete product is never sold.
     pub fn validate(&self) -> Result<(), InputError> {
-        check_text("name", &self.name, true)?;
+        check_text("name", &self.name, false)?;
         check_amount("price", self.price)?;
         self.currency.validate()?;
         check_range(
             "billing_period_days",
             u64::from(self.billing_period_days),
-            1,
+            0,
             u64::from(BILLING_PERIOD_DAYS_MAX),
         )?;
         check_range(
@@ -546,7 +547,7 @@ impl ProductDefinition {
         }
         for (resource, limit) in &self.quotas {
             resource.validate()?;
-            check_range("quotas", *limit, 1, USAGE_MAX)?;
+            check_range("quotas", *limit, 0, USAGE_MAX)?;
         }
         Ok(())
     }
@@ -860,13 +861,13 @@ mod tests {
         assert_eq!(definition.price, 1000);
         assert_eq!(definition.quotas.len(), 1);
         let bad = r#"{"type":"product_submitted","sku":"pro","name":"Pro","price":1000,
-            "currency":"USD","billing_period_days":0}"#;
+            "currency":"USD","billing_period_days":3661}"#;
         assert_eq!(
             Input::from_json(bad),
             Err(InputError::OutOfRange {
                 field: "billing_period_days",
-                value: 0,
-                min: 1,
+                value: 3661,
+                min: 0,
                 max: u64::from(BILLING_PERIOD_DAYS_MAX)
             })
         );

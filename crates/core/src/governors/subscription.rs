@@ -375,6 +375,13 @@ pub fn decide(
                     }
                     format!("plan change to {} paid", next.sku)
                 }
+                S::Suspended => {
+                    // Paid while suspended: reinstatement returns to a paid subscription.
+                    if next.suspended_from == Some(S::PastDue) {
+                        next.suspended_from = Some(S::Active);
+                    }
+                    format!("paid through {} (still suspended)", s.period_end)
+                }
                 _ => format!("paid through {}", s.period_end),
             };
             changed(Decision::to(next, message))

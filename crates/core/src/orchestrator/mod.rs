@@ -122,6 +122,9 @@ pub struct GovernorReport {
     pub outcome: Outcome,
     /// Its state before (`None`: no record yet).
     pub from: Option<String>,
+    /// States passed through between `from` and `to` within this event (usually none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<String>,
     /// Its state after (`None` when it failed or has no record).
     pub to: Option<String>,
     /// Why, in a sentence.
@@ -222,6 +225,25 @@ pub struct EventResult {
     /// The customer after the event (`None` unless applied).
     #[serde(skip)]
     pub next: Option<Customer>,
+}
+
+impl GovernorReport {
+    /// The moves the report stands for, `(from, to)` step by step; empty when nothing moved.
+    pub fn steps(&self) -> Vec<(Option<String>, String)> {
+        let moved = self.outcome == Outcome::Success
+            || (self.outcome == Outcome::ConflictDetected
+                && (self.from != self.to || !self.via.is_empty()));
+        let Some(to) = self.to.clone().filter(|_| moved) else {
+            return Vec::new();
+        };
+        let mut steps = Vec::with_capacity(self.via.len() + 1);
+        let mut at = self.from.clone();
+        for state in self.via.iter().cloned().chain(std::iter::once(to)) {
+            steps.push((at, state.clone()));
+            at = Some(state);
+        }
+        steps
+    }
 }
 
 impl EventResult {

@@ -86,6 +86,7 @@ impl<'a> Run<'a> {
                     governor,
                     outcome: Outcome::Success,
                     from: from_name,
+                    via: decision.via.iter().map(|s| s.name().to_owned()).collect(),
                     to: Some(decision.next.state().name().to_owned()),
                     message: decision.message,
                     rejection: None,
@@ -101,6 +102,7 @@ impl<'a> Run<'a> {
                 self.reports.push(GovernorReport {
                     governor,
                     outcome: Outcome::NotApplicable,
+                    via: Vec::new(),
                     to: from_name.clone(),
                     from: from_name,
                     message,
@@ -121,6 +123,7 @@ impl<'a> Run<'a> {
             governor,
             outcome: Outcome::Failed,
             from,
+            via: Vec::new(),
             to: None,
             message: rejection.to_string(),
             rejection: Some(rejection),
@@ -139,6 +142,7 @@ impl<'a> Run<'a> {
         self.reports.push(GovernorReport {
             governor,
             outcome: Outcome::NotApplicable,
+            via: Vec::new(),
             from: state.clone(),
             to: state,
             message: message.into(),
@@ -160,13 +164,26 @@ impl<'a> Run<'a> {
         };
         let later = self.reports.remove(second);
         let earlier = &mut self.reports[first];
-        if later.outcome == Outcome::Failed {
-            earlier.outcome = Outcome::Failed;
-            earlier.rejection = later.rejection;
-        } else if later.outcome == Outcome::Success {
-            earlier.outcome = Outcome::Success;
+        let earlier_moved = earlier.outcome == Outcome::Success;
+        match later.outcome {
+            Outcome::Failed => {
+                earlier.outcome = Outcome::Failed;
+                earlier.rejection = later.rejection;
+                earlier.to = later.to;
+            }
+            Outcome::Success => {
+                if earlier_moved {
+                    // The first decision's end is a state passed through on the way to the second's.
+                    if let Some(mid) = earlier.to.take() {
+                        earlier.via.push(mid);
+                    }
+                }
+                earlier.outcome = Outcome::Success;
+                earlier.via.extend(later.via);
+                earlier.to = later.to;
+            }
+            Outcome::NotApplicable | Outcome::ConflictDetected => {}
         }
-        earlier.to = later.to;
         earlier.message = format!("{}; {}", earlier.message, later.message);
     }
 

@@ -1,6 +1,8 @@
 //! Builders shared by the core's integration tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod walk;
+
 use jiff::Timestamp;
 use marketgov_core::orchestrator::{EventResult, EventStatus, Outcome};
 use marketgov_core::timeline::{Decided, Timeline};
