@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 
 use common::walk::{apply, Seeded};
 use marketgov_core::diagram::governor_machines;
-use marketgov_core::orchestrator::Outcome;
 use marketgov_core::timeline::Decided;
 
 const WALKS: u64 = 500;
