@@ -12,7 +12,6 @@ use std::collections::BTreeSet;
 
 use common::walk::{apply, step, Action, Step, KINDS};
 use marketgov_core::diagram::governor_machines;
-use marketgov_core::orchestrator::Outcome;
 use marketgov_core::timeline::{Decided, Timeline};
 use proptest::prelude::*;
 
