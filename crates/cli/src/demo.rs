@@ -335,9 +335,14 @@ fn customer_text(
         };
         let from = g.from.as_deref().unwrap_or("-");
         let to = g.to.as_deref().unwrap_or("-");
+        let code = g
+            .rejection
+            .as_ref()
+            .map(|r| format!("[{}] ", r.code()))
+            .unwrap_or_default();
         writeln!(
             out,
-            "    {mark} {:<16} {:>20} -> {:<20} {}",
+            "    {mark} {:<16} {:>20} -> {:<20} {code}{}",
             g.governor.name(),
             from,
             to,
@@ -371,9 +376,14 @@ fn customer_text(
 
 fn catalog_text(r: &CatalogResult, subject: &str, out: &mut impl Write) -> anyhow::Result<()> {
     let g = &r.governor;
+    let code = g
+        .rejection
+        .as_ref()
+        .map(|r| format!("[{}] ", r.code()))
+        .unwrap_or_default();
     writeln!(
         out,
-        "{subject} -> {}: {} -> {} {}",
+        "{subject} -> {}: {} -> {} {code}{}",
         r.status.name(),
         g.from.as_deref().unwrap_or("-"),
         g.to.as_deref().unwrap_or("-"),

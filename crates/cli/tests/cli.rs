@@ -1,0 +1,93 @@
+//! The real binary: help, diagrams, docs and the demo, with meaningful exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
+use std::process::Command;
+
+fn marketgov(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_marketgov"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn help_lists_the_commands_and_bad_usage_exits_2() {
+    let out = marketgov(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("demo") && text.contains("governors"),
+        "{text}"
+    );
+    assert_eq!(marketgov(&["no-such-command"]).status.code(), Some(2));
+    assert_eq!(
+        marketgov(&["governors", "diagram", "--format", "png"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn diagrams_cover_all_eight_governors_in_both_formats() {
+    for (format, marker) in [("mermaid", "stateDiagram-v2"), ("dot", "digraph")] {
+        let out = marketgov(&["governors", "diagram", "--format", format]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.matches(marker).count(), 8, "{format}");
+        for governor in [
+            "entitlement",
+            "billing",
+            "product_catalog",
+            "subscription",
+            "customer_account",
+            "quota_sla",
+            "compliance",
+            "multi_tenant",
+        ] {
+            assert!(text.contains(governor), "{format}: {governor}");
+        }
+    }
+}
+
+#[test]
+fn docs_are_written_where_asked() {
+    let dir = std::env::temp_dir().join(format!("marketgov-docs-{}", std::process::id()));
+    let out = marketgov(&["governors", "docs", "--out-dir", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    let written = std::fs::read_to_string(dir.join("governors.md")).unwrap();
+    assert_eq!(written, marketgov_core::diagram::governors_markdown());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_demo_shows_each_kind_of_outcome_and_replays_deterministically() {
+    let out = marketgov(&["demo"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "-> compensated",
+        "-> conflict_resolved",
+        "-> rejected",
+        "payment_amount_mismatch",
+        "escalate to the manager queue",
+        "escalate to the director queue",
+        "approved automatically after 72 h",
+        "proration: credit",
+        "rebuilds the same state: yes",
+    ] {
+        assert!(text.contains(needle), "demo output lacks {needle:?}");
+    }
+    let json = marketgov(&["demo", "--json"]);
+    assert!(json.status.success());
+    let lines = String::from_utf8_lossy(&json.stdout);
+    for line in lines.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
+        assert!(value.get("status").is_some());
+    }
+}
