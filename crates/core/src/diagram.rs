@@ -183,7 +183,10 @@ pub fn governors_markdown() -> String {
          Each governor is a typed state machine in `crates/core/src/governors/`. An arrow is a \
          transition its table allows, labelled with the inputs that make it; `[*]` is where a \
          record starts. Any other input in a state is a typed rejection.\n\n\
-         ## Routes\n\nWhich governors decide each event, in order; each sees the decisions before it.\n\n\
+         ## Routes\n\nWhich governors decide each event, in order; each sees the decisions before it. For the eight \
+         lifecycle events the first governors are exactly SPEC 2.1's table; `payment_processed` and \
+         `payment_failed` append `subscription`, which SPEC 2.2's payment rules move (see \
+         `docs/domain.md`).\n\n\
          | event | governors, in order |\n|---|---|\n",
     );
     for (event, route) in ROUTES {
@@ -200,17 +203,7 @@ pub fn governors_markdown() -> String {
         let names: Vec<&str> = route.iter().map(|g| g.name()).collect();
         let _ = writeln!(out, "| `{}` | {} |", timer.name(), names.join(", "));
     }
-    for m in governor_machines() {
-        let _ = write!(
-            out,
-            "\n## {} ({} states)\n\nStates: {}.\n\n```mermaid\n",
-            m.name,
-            m.states.len(),
-            quoted(&m.states)
-        );
-        out.push_str(&render(&m, Format::Mermaid));
-        out.push_str("```\n");
-    }
+    sections(&mut out, governor_machines());
     out
 }
 
@@ -226,7 +219,13 @@ pub fn cases_markdown() -> String {
          `HandlePaymentFailure-<order_id>`, `OnboardVendor-<vendor_id>`, \
          `HandleVendorSuspension-<vendor_id>`, `ProcessPayout-<payout_id>`.\n",
     );
-    for m in case_machines() {
+    sections(&mut out, case_machines());
+    out
+}
+
+/// Appends one section per machine: its states and its Mermaid diagram.
+fn sections(out: &mut String, machines: Vec<Machine>) {
+    for m in machines {
         let _ = write!(
             out,
             "\n## {} ({} states)\n\nStates: {}.\n\n```mermaid\n",
@@ -237,7 +236,6 @@ pub fn cases_markdown() -> String {
         out.push_str(&render(&m, Format::Mermaid));
         out.push_str("```\n");
     }
-    out
 }
 
 fn quoted(states: &[&str]) -> String {

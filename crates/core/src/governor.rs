@@ -426,9 +426,10 @@ impl EffectKind {
     }
 }
 
-/// Declares a governor's state enum with its snake_case names.
+/// Declares a governor's state enum, its snake_case names, and its [`GovernorState`] impl over the
+/// given transition table (the enum's variant order is the order of SPEC 2.2).
 macro_rules! governor_states {
-    ($(#[$doc:meta])* $name:ident for $gov:expr; $($(#[$vdoc:meta])* $variant:ident => $text:literal,)+) => {
+    ($(#[$doc:meta])* $name:ident for $gov:expr, table $table:ident; $($(#[$vdoc:meta])* $variant:ident => $text:literal,)+) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
         pub enum $name {
@@ -441,6 +442,17 @@ macro_rules! governor_states {
                 match self {
                     $(Self::$variant => $text,)+
                 }
+            }
+        }
+
+        impl $crate::governor::GovernorState for $name {
+            const GOVERNOR: $crate::governor::GovernorKind = $gov;
+            const ALL: &'static [Self] = &[$(Self::$variant,)+];
+            fn name(self) -> &'static str {
+                self.as_str()
+            }
+            fn transitions() -> &'static [$crate::governor::Transition<Self>] {
+                $table
             }
         }
     };

@@ -8,16 +8,6 @@ use marketgov_core::orchestrator::{ConflictKind, EventStatus, Outcome, Resolutio
 use marketgov_core::{EffectKind, GovernorKind as G};
 use serde_json::json;
 
-fn charges(r: &marketgov_core::EventResult) -> Vec<i64> {
-    r.effects
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EffectKind::Charge { amount, .. } => Some(*amount),
-            _ => None,
-        })
-        .collect()
-}
-
 fn upgrade(
     tl: &mut marketgov_core::timeline::Timeline,
     old: &str,

@@ -120,14 +120,7 @@ fn an_upgrade_reports_its_proration_and_charges_the_net() {
         state(&tl, "c1", G::Entitlement),
         Some("pending_plan_change")
     );
-    let charged: Vec<i64> = r
-        .effects
-        .iter()
-        .filter_map(|e| match &e.kind {
-            marketgov_core::EffectKind::Charge { amount, .. } => Some(*amount),
-            _ => None,
-        })
-        .collect();
+    let charged = charges(&r);
     assert_eq!(charged, vec![500]);
     send(
         &mut tl,
@@ -163,13 +156,6 @@ fn a_downgrade_keeps_the_negative_net_as_credit_for_the_next_invoice() {
         &mut tl,
         json!({"type": "renewal_due", "customer_id": "c1", "subscription_id": "sub-1"}),
     );
-    let charged: Vec<i64> = r
-        .effects
-        .iter()
-        .filter_map(|e| match &e.kind {
-            marketgov_core::EffectKind::Charge { amount, .. } => Some(*amount),
-            _ => None,
-        })
-        .collect();
+    let charged = charges(&r);
     assert_eq!(charged, vec![500]);
 }

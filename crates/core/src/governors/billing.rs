@@ -10,8 +10,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::governor::{
-    governor_states, row, Decided, Decision, EffectKind, GovernorKind, GovernorState, Record,
-    Rejection, Transition, Verdict,
+    governor_states, row, Decided, Decision, EffectKind, GovernorKind, Record, Rejection,
+    Transition, Verdict,
 };
 use crate::ids::PaymentId;
 use crate::money::Currency;
@@ -19,7 +19,7 @@ use crate::timers::{days, hours, TimerCommand, TimerKind};
 
 governor_states! {
     /// The ten billing states of SPEC 2.2.
-    BillingState for GovernorKind::Billing;
+    BillingState for GovernorKind::Billing, table TABLE;
     /// Nothing is due.
     Current => "current",
     /// An invoice is open and its first charge is in flight.
@@ -118,28 +118,6 @@ const TABLE: &[Transition<S>] = &[
     ),
 ];
 
-impl GovernorState for BillingState {
-    const GOVERNOR: GovernorKind = GovernorKind::Billing;
-    const ALL: &'static [Self] = &[
-        S::Current,
-        S::Invoiced,
-        S::Processing,
-        S::Retry1,
-        S::Retry2,
-        S::Retry3,
-        S::Collections,
-        S::Disputed,
-        S::Refunding,
-        S::WrittenOff,
-    ];
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-    fn transitions() -> &'static [Transition<Self>] {
-        TABLE
-    }
-}
-
 /// One payment id seen, with the amount recorded (`None` for a failure).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentRecord {
@@ -213,6 +191,13 @@ impl Billing {
             self.state,
             S::Invoiced | S::Processing | S::Retry1 | S::Retry2 | S::Retry3 | S::Collections
         )
+    }
+
+    /// No invoice open any more: nothing due, no attempt counted.
+    fn close_invoice(&mut self) {
+        self.amount_due = 0;
+        self.invoice_id = None;
+        self.attempt = 0;
     }
 
     fn recorded(&self, payment_id: &PaymentId) -> Option<&PaymentRecord> {
@@ -355,79 +340,61 @@ pub fn decide(b: &Billing, input: &BillingInput, now: Timestamp) -> Decided<Bill
             replaces_open,
         } => {
             check_currency(currency)?;
-            let mut next = b.clone();
-            let mut voided = None;
-            if *replaces_open && b.charge_in_flight() {
-                voided = b.invoice_id.clone().map(|id| EffectKind::Void {
-                    invoice_id: id,
-                    amount: b.amount_due,
-                    currency: currency.clone(),
-                });
-            } else if b.state != S::Current {
+            let replacing = *replaces_open && b.charge_in_flight();
+            if !replacing && b.state != S::Current {
                 return Err(reject());
             }
+            let mut next = b.clone();
             next.currency = Some(currency.clone());
-            if voided.is_some() {
-                next.amount_due = 0;
-            }
-            if *amount <= 0 {
-                next.state = S::Current;
-                next.amount_due = 0;
-                next.invoice_id = None;
-                next.attempt = 0;
+            next.close_invoice(); // a replaced charge is voided below
+            next.state = S::Current;
+            let reason = reason_name(*reason);
+            let mut d = if *amount <= 0 {
+                // A negative net is kept as credit, never refunded.
                 next.credit = b
                     .credit
                     .checked_sub(*amount)
                     .ok_or(Rejection::AmountOverflow)?;
-                let mut d = Decision::to(
+                Decision::to(
                     next,
                     format!("{} {currency} kept as account credit", -amount),
-                );
-                if let Some(void) = voided {
-                    d = d.effect(void).timer(TimerCommand::Cancel {
-                        kind: TimerKind::PaymentRetry,
-                    });
-                }
-                return changed(d);
-            }
-            let from_credit = (*amount).min(b.credit);
-            next.credit = b.credit - from_credit;
-            let due = amount - from_credit;
-            let mut d = if due == 0 {
-                next.state = S::Current;
-                next.amount_due = 0;
-                next.invoice_id = None;
-                next.attempt = 0;
-                Decision::to(
-                    next,
-                    format!(
-                        "{} invoice of {amount} {currency} paid from credit",
-                        reason_name(*reason)
-                    ),
                 )
             } else {
-                next.invoices_issued += 1;
-                let invoice_id = format!("inv-{}", next.invoices_issued);
-                next.state = S::Invoiced;
-                next.amount_due = due;
-                next.invoice_id = Some(invoice_id.clone());
-                next.attempt = 1;
-                Decision::to(
-                    next,
-                    format!(
-                        "{} invoice {invoice_id}: {due} {currency} charged",
-                        reason_name(*reason)
-                    ),
-                )
-                .effect(EffectKind::Charge {
-                    amount: due,
-                    currency: currency.clone(),
-                    invoice_id,
-                    attempt: 1,
-                })
+                let from_credit = (*amount).min(b.credit);
+                next.credit = b.credit - from_credit;
+                let due = amount - from_credit;
+                if due == 0 {
+                    Decision::to(
+                        next,
+                        format!("{reason} invoice of {amount} {currency} paid from credit"),
+                    )
+                } else {
+                    next.invoices_issued += 1;
+                    let invoice_id = format!("inv-{}", next.invoices_issued);
+                    next.state = S::Invoiced;
+                    next.amount_due = due;
+                    next.invoice_id = Some(invoice_id.clone());
+                    next.attempt = 1;
+                    Decision::to(
+                        next,
+                        format!("{reason} invoice {invoice_id}: {due} {currency} charged"),
+                    )
+                    .effect(EffectKind::Charge {
+                        amount: due,
+                        currency: currency.clone(),
+                        invoice_id,
+                        attempt: 1,
+                    })
+                }
             };
-            if let Some(void) = voided {
-                d = d.effect(void).timer(TimerCommand::Cancel {
+            if replacing {
+                let void = EffectKind::Void {
+                    invoice_id: b.invoice_id.clone().unwrap_or_default(),
+                    amount: b.amount_due,
+                    currency: currency.clone(),
+                };
+                d.effects.insert(0, void);
+                d = d.timer(TimerCommand::Cancel {
                     kind: TimerKind::PaymentRetry,
                 });
             }
@@ -545,9 +512,7 @@ pub fn decide(b: &Billing, input: &BillingInput, now: Timestamp) -> Decided<Bill
             let mut next = b.clone();
             next.state = S::WrittenOff;
             let due = b.amount_due;
-            next.amount_due = 0;
-            next.invoice_id = None;
-            next.attempt = 0;
+            next.close_invoice();
             changed(
                 Decision::to(
                     next,
@@ -562,9 +527,7 @@ pub fn decide(b: &Billing, input: &BillingInput, now: Timestamp) -> Decided<Bill
         I::Void if b.charge_in_flight() => {
             let mut next = b.clone();
             next.state = S::Current;
-            next.amount_due = 0;
-            next.invoice_id = None;
-            next.attempt = 0;
+            next.close_invoice();
             let currency = b.currency.clone().unwrap_or_else(Currency::usd);
             changed(
                 Decision::to(next, "charge in flight voided")
@@ -706,9 +669,7 @@ fn pay(b: &Billing, amount: i64, currency: &Currency, payment_id: &PaymentId) ->
     }
     let excess = amount - b.amount_due;
     next.state = S::Current;
-    next.amount_due = 0;
-    next.invoice_id = None;
-    next.attempt = 0;
+    next.close_invoice();
     next.credit = b
         .credit
         .checked_add(excess)

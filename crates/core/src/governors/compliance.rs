@@ -7,14 +7,13 @@
 use jiff::Timestamp;
 
 use crate::governor::{
-    governor_states, row, Decided, Decision, EffectKind, GovernorKind, GovernorState, Record,
-    Transition, Verdict,
+    governor_states, row, Decided, Decision, EffectKind, GovernorKind, Record, Transition, Verdict,
 };
 use crate::input::FlagSeverity;
 
 governor_states! {
     /// The six compliance states of SPEC 2.2.
-    ComplianceState for GovernorKind::Compliance;
+    ComplianceState for GovernorKind::Compliance, table TABLE;
     /// Never screened.
     Unscreened => "unscreened",
     /// Screening in progress.
@@ -91,24 +90,6 @@ const TABLE: &[Transition<S>] = &[
         "compliance_flagged (block)",
     ),
 ];
-
-impl GovernorState for ComplianceState {
-    const GOVERNOR: GovernorKind = GovernorKind::Compliance;
-    const ALL: &'static [Self] = &[
-        S::Unscreened,
-        S::Screening,
-        S::Cleared,
-        S::Flagged,
-        S::UnderInvestigation,
-        S::Blocked,
-    ];
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-    fn transitions() -> &'static [Transition<Self>] {
-        TABLE
-    }
-}
 
 /// The compliance record.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -8,13 +8,13 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::governor::{
-    governor_states, row, Decided, Decision, EffectKind, GovernorKind, GovernorState, Record,
-    Rejection, Transition, Verdict,
+    governor_states, row, Decided, Decision, EffectKind, GovernorKind, Record, Rejection,
+    Transition, Verdict,
 };
 
 governor_states! {
     /// The seven customer-account states of SPEC 2.2.
-    AccountState for GovernorKind::CustomerAccount;
+    AccountState for GovernorKind::CustomerAccount, table TABLE;
     /// Known, nothing checked yet.
     Registered => "registered",
     /// KYC in progress.
@@ -96,25 +96,6 @@ const TABLE: &[Transition<S>] = &[
     row(Some(S::Locked), S::Closed, "account_closed"),
     row(Some(S::Suspended), S::Closed, "account_closed"),
 ];
-
-impl GovernorState for AccountState {
-    const GOVERNOR: GovernorKind = GovernorKind::CustomerAccount;
-    const ALL: &'static [Self] = &[
-        S::Registered,
-        S::PendingVerification,
-        S::Active,
-        S::Restricted,
-        S::Locked,
-        S::Suspended,
-        S::Closed,
-    ];
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-    fn transitions() -> &'static [Transition<Self>] {
-        TABLE
-    }
-}
 
 /// Why an account is restricted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

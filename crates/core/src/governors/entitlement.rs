@@ -8,15 +8,15 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::governor::{
-    governor_states, row, Decided, Decision, EffectKind, GovernorKind, GovernorState, Record,
-    Rejection, Transition, Verdict,
+    governor_states, row, Decided, Decision, EffectKind, GovernorKind, Record, Rejection,
+    Transition, Verdict,
 };
 use crate::ids::Sku;
 use crate::timers::{add, hours, TimerCommand, TimerKind};
 
 governor_states! {
     /// The eight entitlement states of SPEC 2.2.
-    EntitlementState for GovernorKind::Entitlement;
+    EntitlementState for GovernorKind::Entitlement, table TABLE;
     /// Waiting for an operator; escalation timers run.
     PendingApproval => "pending_approval",
     /// Waited 24 h (level 1, manager) or 48 h (level 2, director).
@@ -149,26 +149,6 @@ const TABLE: &[Transition<S>] = &[
         "period_end, renewal_due, written off",
     ),
 ];
-
-impl GovernorState for EntitlementState {
-    const GOVERNOR: GovernorKind = GovernorKind::Entitlement;
-    const ALL: &'static [Self] = &[
-        S::PendingApproval,
-        S::Escalated,
-        S::Active,
-        S::PendingPlanChange,
-        S::Suspended,
-        S::PendingCancellation,
-        S::Cancelled,
-        S::Rejected,
-    ];
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-    fn transitions() -> &'static [Transition<Self>] {
-        TABLE
-    }
-}
 
 /// Why access is suspended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,14 +8,14 @@
 use jiff::Timestamp;
 
 use crate::governor::{
-    governor_states, row, Decided, Decision, EffectKind, GovernorKind, GovernorState, Record,
-    Rejection, Transition, Verdict,
+    governor_states, row, Decided, Decision, EffectKind, GovernorKind, Record, Rejection,
+    Transition, Verdict,
 };
 use crate::timers::{TimerCommand, TimerKind};
 
 governor_states! {
     /// The six multi-tenant states of SPEC 2.2.
-    TenantState for GovernorKind::MultiTenant;
+    TenantState for GovernorKind::MultiTenant, table TABLE;
     /// Not used yet.
     Provisioning => "provisioning",
     /// Serving normally.
@@ -88,24 +88,6 @@ const TABLE: &[Transition<S>] = &[
         "customer_subscribes again",
     ),
 ];
-
-impl GovernorState for TenantState {
-    const GOVERNOR: GovernorKind = GovernorKind::MultiTenant;
-    const ALL: &'static [Self] = &[
-        S::Provisioning,
-        S::Healthy,
-        S::Contended,
-        S::Throttled,
-        S::Quarantined,
-        S::Decommissioned,
-    ];
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-    fn transitions() -> &'static [Transition<Self>] {
-        TABLE
-    }
-}
 
 impl TenantState {
     /// Whether the slot holds usage back.

@@ -11,8 +11,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::governor::{
-    governor_states, row, Decided, Decision, EffectKind, GovernorKind, GovernorState, Record,
-    Rejection, Transition, Verdict,
+    governor_states, row, Decided, Decision, EffectKind, GovernorKind, Record, Rejection,
+    Transition, Verdict,
 };
 use crate::ids::{Resource, Sku};
 use crate::input::{
@@ -23,7 +23,7 @@ use crate::timers::{TimerCommand, TimerKind};
 
 governor_states! {
     /// The seven product-catalog states of SPEC 2.2.
-    ProductState for GovernorKind::ProductCatalog;
+    ProductState for GovernorKind::ProductCatalog, table TABLE;
     /// Submitted, not on sale.
     Draft => "draft",
     /// Being checked against the schema.
@@ -79,25 +79,6 @@ const TABLE: &[Transition<S>] = &[
     row(Some(S::Draft), S::Retired, "product_retired"),
     row(Some(S::Rejected), S::Retired, "product_retired"),
 ];
-
-impl GovernorState for ProductState {
-    const GOVERNOR: GovernorKind = GovernorKind::ProductCatalog;
-    const ALL: &'static [Self] = &[
-        S::Draft,
-        S::Validating,
-        S::Rejected,
-        S::Published,
-        S::PriceChangePending,
-        S::Deprecated,
-        S::Retired,
-    ];
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-    fn transitions() -> &'static [Transition<Self>] {
-        TABLE
-    }
-}
 
 impl ProductState {
     /// Whether new subscriptions may start. A pending price change keeps the product on sale.

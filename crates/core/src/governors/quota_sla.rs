@@ -11,14 +11,14 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::governor::{
-    governor_states, row, Decided, Decision, EffectKind, GovernorKind, GovernorState, Record,
-    Rejection, Transition, Verdict,
+    governor_states, row, Decided, Decision, EffectKind, GovernorKind, Record, Rejection,
+    Transition, Verdict,
 };
 use crate::ids::Resource;
 
 governor_states! {
     /// The five quota/SLA states of SPEC 2.2.
-    QuotaState for GovernorKind::QuotaSla;
+    QuotaState for GovernorKind::QuotaSla, table TABLE;
     /// Below 80 % everywhere.
     Normal => "normal",
     /// Some resource at 80-100 %.
@@ -120,23 +120,6 @@ const TABLE: &[Transition<S>] = &[
     ),
     row(Some(S::SlaViolated), S::SlaViolated, "sla_violated"),
 ];
-
-impl GovernorState for QuotaState {
-    const GOVERNOR: GovernorKind = GovernorKind::QuotaSla;
-    const ALL: &'static [Self] = &[
-        S::Normal,
-        S::Warning,
-        S::Throttled,
-        S::Blocked,
-        S::SlaViolated,
-    ];
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-    fn transitions() -> &'static [Transition<Self>] {
-        TABLE
-    }
-}
 
 /// One resource's last report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

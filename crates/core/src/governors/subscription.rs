@@ -9,8 +9,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::governor::{
-    governor_states, row, Decided, Decision, EffectKind, GovernorKind, GovernorState, Record,
-    Rejection, Transition, Verdict,
+    governor_states, row, Decided, Decision, EffectKind, GovernorKind, Record, Rejection,
+    Transition, Verdict,
 };
 use crate::ids::{Sku, SubscriptionId};
 use crate::money::Currency;
@@ -18,7 +18,7 @@ use crate::timers::{add, days, TimerCommand, TimerKind};
 
 governor_states! {
     /// The nine subscription states of SPEC 2.2.
-    SubscriptionState for GovernorKind::Subscription;
+    SubscriptionState for GovernorKind::Subscription, table TABLE;
     /// Subscribed; the first charge is not paid yet.
     Incomplete => "incomplete",
     /// In a free trial.
@@ -157,27 +157,6 @@ const TABLE: &[Transition<S>] = &[
         "payment_processed",
     ),
 ];
-
-impl GovernorState for SubscriptionState {
-    const GOVERNOR: GovernorKind = GovernorKind::Subscription;
-    const ALL: &'static [Self] = &[
-        S::Incomplete,
-        S::Trialing,
-        S::Active,
-        S::PlanChangePending,
-        S::PastDue,
-        S::Suspended,
-        S::PendingCancellation,
-        S::Cancelled,
-        S::Expired,
-    ];
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-    fn transitions() -> &'static [Transition<Self>] {
-        TABLE
-    }
-}
 
 /// A plan the subscription moves to once its charge is paid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

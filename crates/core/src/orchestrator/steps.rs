@@ -707,29 +707,23 @@ fn timer_step(run: &mut Run<'_>, kind: TimerKind, governor: G) {
             let refund = unused_prepaid(run.before, run.ctx);
             run.billing(BillingInput::Refund {
                 amount: refund,
-                reason: "suspension not lifted within 72 h".into(),
+                reason: ending(kind).into(),
             })
         }
         (T::SuspensionRefund | T::CollectionsDeadline | T::PeriodEnd, G::Entitlement) => {
-            let why = match kind {
-                T::SuspensionRefund => "suspension not lifted within 72 h",
-                T::CollectionsDeadline => "written off",
-                _ => "period over",
-            };
             if run.draft.entitlement.is_some() {
-                run.entitlement(EntitlementInput::End { reason: why.into() })
+                run.entitlement(EntitlementInput::End {
+                    reason: ending(kind).into(),
+                })
             } else {
                 run.skip(governor, "no entitlement")
             }
         }
         (T::SuspensionRefund | T::CollectionsDeadline | T::PeriodEnd, G::Subscription) => {
-            let why = match kind {
-                T::SuspensionRefund => "suspension not lifted within 72 h",
-                T::CollectionsDeadline => "written off",
-                _ => "period over",
-            };
             if run.draft.subscription.is_some() {
-                run.subscription(SubscriptionInput::End { reason: why.into() })
+                run.subscription(SubscriptionInput::End {
+                    reason: ending(kind).into(),
+                })
             } else {
                 run.skip(governor, "no subscription")
             }
@@ -740,6 +734,15 @@ fn timer_step(run: &mut Run<'_>, kind: TimerKind, governor: G) {
         }
         (_, G::MultiTenant) => run.tenant(TenantInput::Decommission),
         _ => run.skip(governor, "nothing to do"),
+    }
+}
+
+/// Why a timer ends a subscription and its access.
+fn ending(kind: TimerKind) -> &'static str {
+    match kind {
+        TimerKind::SuspensionRefund => "suspension not lifted within 72 h",
+        TimerKind::CollectionsDeadline => "written off",
+        _ => "period over",
     }
 }
 

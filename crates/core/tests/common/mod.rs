@@ -108,3 +108,15 @@ pub fn paying_customer(tl: &mut Timeline, customer: &str, sku: &str, price: i64)
     );
     assert_status(&r, EventStatus::Completed);
 }
+
+/// The amounts of the charges an event asked for.
+pub fn charges(result: &EventResult) -> Vec<i64> {
+    result
+        .effects
+        .iter()
+        .filter_map(|e| match &e.kind {
+            marketgov_core::EffectKind::Charge { amount, .. } => Some(*amount),
+            _ => None,
+        })
+        .collect()
+}
