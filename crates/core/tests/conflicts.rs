@@ -239,3 +239,26 @@ fn agreeing_quota_and_slot_are_no_conflict() {
     assert_eq!(state(&tl, "c1", G::QuotaSla), Some("warning"));
     assert_eq!(state(&tl, "c1", G::MultiTenant), Some("healthy"));
 }
+
+#[test]
+fn a_state_that_breaks_a_cross_governor_invariant_is_parked_not_extended() {
+    // A state no rule produces (as if restored from a faulty older release): access granted while
+    // the subscription has ended. Whatever comes next is parked for an operator.
+    let mut tl = market();
+    paying_customer(&mut tl, "c1", "pro", 2000);
+    let customer = tl.customers.values_mut().next().unwrap();
+    if let Some(s) = customer.subscription.as_mut() {
+        s.state = marketgov_core::governors::subscription::SubscriptionState::Cancelled;
+    }
+    let before = tl.customers.clone();
+    let r = send(
+        &mut tl,
+        json!({"type": "usage_exceeds_quota", "customer_id": "c1", "resource": "api_calls", "current_usage": 10, "limit": 1000}),
+    );
+    assert_status(&r, EventStatus::NeedsReview);
+    assert_eq!(
+        r.conflicts.last().map(|c| (c.kind, c.resolution)),
+        Some((ConflictKind::InvariantViolation, Resolution::ManualReview))
+    );
+    assert_eq!(tl.customers, before, "nothing changes while parked");
+}

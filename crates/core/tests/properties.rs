@@ -89,6 +89,12 @@ proptest! {
                         prop_assert_eq!(&tl.customers, &before.customers, "a refused or parked event changed state");
                         prop_assert!(r.effects.is_empty() && r.timers.is_empty());
                     }
+                    // The review net for broken cross-governor invariants never fires on states
+                    // the governors themselves produced: the routes keep the governors consistent.
+                    prop_assert!(
+                        !r.conflicts.iter().any(|c| c.kind == marketgov_core::orchestrator::ConflictKind::InvariantViolation),
+                        "{:?}", r.conflicts
+                    );
                     let keys: BTreeSet<_> = r.effects.iter().map(|e| e.idempotency_key.clone()).collect();
                     prop_assert_eq!(keys.len(), r.effects.len(), "effect keys are unique");
                 }

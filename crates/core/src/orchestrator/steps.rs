@@ -348,9 +348,17 @@ fn step(run: &mut Run<'_>, kind: &EventKind, plan: &Plan, governor: G) {
             G::Subscription => run.subscription(SubscriptionInput::Cancel {
                 at_period_end: *at_period_end,
             }),
-            G::Entitlement => run.entitlement(EntitlementInput::Cancel {
-                at_period_end: *at_period_end,
-            }),
+            // Access ends with the subscription: at once when it ended at once (one never paid).
+            G::Entitlement => {
+                let ended = run
+                    .draft
+                    .subscription
+                    .as_ref()
+                    .is_some_and(|s| s.is_ended());
+                run.entitlement(EntitlementInput::Cancel {
+                    at_period_end: *at_period_end && !ended,
+                })
+            }
             G::Billing => {
                 let ended = run
                     .draft
@@ -538,6 +546,11 @@ fn subscribe(run: &mut Run<'_>, sku: &Sku, plan: &Plan, governor: G) {
                 held_by,
             })
         }
+        // A written-off debt bars new business, trial or not (billing refuses the invoice otherwise).
+        G::Billing if run.draft.billing.state == BillingState::WrittenOff => run.refuse(
+            governor,
+            Rejection::invalid(Some(BillingState::WrittenOff), "customer_subscribes"),
+        ),
         G::Billing if product.trial_days > 0 => {
             run.skip(governor, "trial: the first charge is made when it ends")
         }
