@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod cases;
 pub mod customer;
 pub mod diagram;
