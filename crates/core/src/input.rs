@@ -850,6 +850,26 @@ mod tests {
     }
 
     #[test]
+    fn inputs_survive_a_serialization_round_trip() {
+        let cases = [
+            r#"{"type":"customer_cancels","customer_id":"c1","reason":"price","at_period_end":false}"#,
+            r#"{"type":"payment_failed","customer_id":"c1","reason":"stolen_card","payment_id":"p","hard_decline":true,"occurred_at":"2026-01-01T00:00:00Z"}"#,
+            r#"{"type":"compliance_flagged","customer_id":"c1","reason":"pep","severity":"block"}"#,
+            r#"{"type":"timer_fired","customer_id":"c1","timer":"payment_retry","due_at":"2026-01-01T01:00:00Z"}"#,
+            r#"{"type":"timer_fired","sku":"pro","timer":"price_change_effective","due_at":"2026-01-01T01:00:00Z"}"#,
+            r#"{"type":"product_price_changed","sku":"pro","expected_version":3,"price":1200}"#,
+            r#"{"type":"account_verified","customer_id":"c1"}"#,
+        ];
+        for text in cases {
+            let input = Input::from_json(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let again = serde_json::to_string(&input)
+                .map_err(malformed)
+                .and_then(|t| Input::from_json(&t));
+            assert_eq!(again, Ok(input), "{text}");
+        }
+    }
+
+    #[test]
     fn catalog_commands_parse_with_flat_definitions() {
         let text = r#"{"type":"product_submitted","sku":"pro","name":"Pro","price":1000,
             "currency":"USD","billing_period_days":30,"quotas":{"api_calls":1000}}"#;

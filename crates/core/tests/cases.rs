@@ -314,3 +314,26 @@ fn envelopes_are_validated() {
     );
     assert!(e.validate().is_err());
 }
+
+#[test]
+fn envelopes_parse_from_the_wire_with_typed_errors() {
+    let text = r#"{"event_id":"e1","event_type":"OrderCreated","sequence_number":1,"idempotency_key":"k1",
+        "timestamp_utc":"2026-02-21T14:00:00Z","source_agent":"vendor-agent","source_region":"us-east1",
+        "event":{"orderId":"order-123","quantity":5}}"#;
+    let e = Envelope::from_json(text).unwrap();
+    assert_eq!(
+        (e.event_type, e.case_ids()[0].as_str()),
+        (T::OrderCreated, "ProcessOrder-order-123")
+    );
+    assert!(matches!(
+        Envelope::from_json(&text.replace("OrderCreated", "OrderExploded")),
+        Err(InputError::Malformed { .. })
+    ));
+    assert!(matches!(
+        Envelope::from_json(&text.replace("\"e1\"", "\"e 1\"")),
+        Err(InputError::BadCharacter {
+            field: "event_id",
+            ..
+        })
+    ));
+}

@@ -134,6 +134,15 @@ const KEY_FIELDS: &[(&str, &str, &str)] = &[
 ];
 
 impl Envelope {
+    /// Parses and validates an envelope from JSON.
+    pub fn from_json(text: &str) -> Result<Self, InputError> {
+        let envelope: Self = serde_json::from_str(text).map_err(|e| InputError::Malformed {
+            message: e.to_string(),
+        })?;
+        envelope.validate()?;
+        Ok(envelope)
+    }
+
     /// Checks every field.
     pub fn validate(&self) -> Result<(), InputError> {
         check_id("event_id", &self.event_id)?;
