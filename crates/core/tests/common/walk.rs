@@ -70,7 +70,7 @@ pub fn step(tl: &Timeline, x: Action) -> Step {
                 .and_then(|k| k.subscription.as_ref())
                 .map(|s| s.current_sku().as_str().to_owned());
             let old = match current {
-                Some(sku) if x.b % 4 != 0 => sku,
+                Some(sku) if !x.b.is_multiple_of(4) => sku,
                 _ => pick(&SKUS, x.a).to_owned(),
             };
             ev(
@@ -90,7 +90,10 @@ pub fn step(tl: &Timeline, x: Action) -> Step {
             "usage_exceeds_quota",
             json!({"resource": "api_calls", "current_usage": pick(&[10u64, 850, 1000, 1050, 1200, 1300, 1600], x.a), "limit": 1000}),
         ),
-        8 => ev("customer_cancels", json!({"at_period_end": x.a % 2 == 0})),
+        8 => ev(
+            "customer_cancels",
+            json!({"at_period_end": x.a.is_multiple_of(2)}),
+        ),
         9 => ev(
             "manual_suspension",
             json!({"reason": pick(&["abuse", "fraud"], x.a), "actor": "ops"}),
@@ -121,7 +124,7 @@ pub fn step(tl: &Timeline, x: Action) -> Step {
         21 => ev("account_locked", json!({"reason": "credential stuffing"})),
         22 => ev("account_unlocked", json!({})),
         // Closing is final: kept rare so that walks stay alive long enough to explore.
-        23 if x.b % 16 == 0 => ev("account_closed", json!({})),
+        23 if x.b.is_multiple_of(16) => ev("account_closed", json!({})),
         23 => ev(
             "payment_processed",
             json!({"amount": 5000, "currency": "USD", "payment_id": format!("q{}{}", x.a, x.b)}),
@@ -186,7 +189,7 @@ fn catalog(tl: &Timeline, x: Action) -> Step {
     let now = tl.now.unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     Step::Send(match x.a % 6 {
         0 => {
-            json!({"type": "product_submitted", "sku": sku, "expected_version": expected, "name": if x.b % 3 == 0 { "" } else { "Extra" },
+            json!({"type": "product_submitted", "sku": sku, "expected_version": expected, "name": if x.b.is_multiple_of(3) { "" } else { "Extra" },
             "price": 700, "currency": "USD", "billing_period_days": if x.b % 4 == 1 { 0 } else { 30 }, "quotas": {"api_calls": 500}})
         }
         1 => json!({"type": "product_published", "sku": sku, "expected_version": expected}),

@@ -1,0 +1,643 @@
+//! # marketgov-store-sqlite
+//!
+//! The embedded store: one directory holding a SQLite database (bundled library, no server) in
+//! WAL mode with `synchronous=FULL`, so a commit returns only once its WAL frames are synced. One
+//! writer thread owns the write connection and group-commits: every commit queued while the last
+//! sync ran shares the next transaction and the next sync, and each caller is acknowledged only
+//! after that sync. Reads use their own connection and see only committed data.
+//!
+//! **What it owns:** the schema and its migrations, the group-commit writer, the directory lock,
+//! checksums of stored blobs and the audit chain's hashes, verified on read. **What it must not
+//! know:** what events mean (bytes in, bytes out).
+//!
+//! Integrity: every event row carries its audit hash (verified on every read of the row); every
+//! other blob carries a checksum (first 16 bytes of its SHA-256), also verified on read. A mismatch
+//! is [`Error::Corrupt`] naming the record, never a silent skip. On open, the tail of the chain is
+//! re-verified.
+
+mod schema;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use marketgov_audit::{entry_hash, CheckpointSigner, Entry, Hash, Head};
+use marketgov_store::{
+    Ack, Checkpoint, Commit, Error, IdempotencyRecord, OutboxRow, Snapshot, Store, StoreStats,
+    StreamLoad, TimerRow, VersionedTable,
+};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+pub use schema::SCHEMA_VERSION;
+
+/// How commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// Every commit's WAL frames are synced before it returns (the default; the only safe one).
+    Full,
+    /// WAL synced only at checkpoints: a power loss can lose acknowledged commits.
+    Normal,
+    /// Never synced: a crash can lose or corrupt anything.
+    Off,
+}
+
+/// Options of the embedded store.
+#[derive(Debug)]
+pub struct Options {
+    /// The data directory (created if missing).
+    pub dir: PathBuf,
+    /// Commits waiting for the writer before new ones are refused.
+    pub commit_queue_max: usize,
+    /// Commits written per transaction at most.
+    pub batch_commits_max: usize,
+    /// A signed checkpoint every this many audit entries (needs `signer`).
+    pub checkpoint_every_entries: u64,
+    /// Signs checkpoints.
+    pub signer: Option<CheckpointSigner>,
+    /// How commits reach the disk.
+    pub sync: Sync,
+    /// Must be set for any `sync` other than `Full`.
+    pub allow_unsafe_durability: bool,
+    /// Audit entries at the tail of the log re-verified on open.
+    pub verify_tail_entries: u64,
+    /// Test seam: makes chosen batches fail at the sync.
+    pub fault: Option<Arc<FaultInjector>>,
+}
+
+impl Options {
+    /// Safe defaults for `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            commit_queue_max: 16_384,
+            batch_commits_max: 1024,
+            checkpoint_every_entries: 1000,
+            signer: None,
+            sync: Sync::Full,
+            allow_unsafe_durability: false,
+            verify_tail_entries: 1024,
+            fault: None,
+        }
+    }
+}
+
+/// How an injected fault behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultMode {
+    /// The batch never reaches the disk and the writer is told the sync failed.
+    LostSync,
+    /// The batch reaches the disk but the writer is told the sync failed.
+    UnacknowledgedSync,
+}
+
+/// Test seam: fails the `n`-th batch (counting from 1) at its sync.
+#[derive(Debug)]
+pub struct FaultInjector {
+    fail_batch: u64,
+    mode: FaultMode,
+    batches: AtomicU64,
+}
+
+impl FaultInjector {
+    /// Fails batch number `fail_batch` in `mode`.
+    pub fn fail_batch(fail_batch: u64, mode: FaultMode) -> Arc<Self> {
+        Arc::new(Self {
+            fail_batch,
+            mode,
+            batches: AtomicU64::new(0),
+        })
+    }
+
+    fn next_batch(&self) -> Option<FaultMode> {
+        let n = self.batches.fetch_add(1, Ordering::Relaxed) + 1;
+        (n == self.fail_batch).then_some(self.mode)
+    }
+}
+
+/// State shared by the writer and the handle.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    stopped: Mutex<Option<String>>,
+    queued: AtomicUsize,
+    commits: AtomicU64,
+    batches: AtomicU64,
+    head_seq: AtomicU64,
+}
+
+impl Shared {
+    fn stop(&self, reason: &str) {
+        if let Ok(mut stopped) = self.stopped.lock() {
+            stopped.get_or_insert_with(|| reason.to_owned());
+        }
+    }
+
+    fn stopped_reason(&self) -> Option<String> {
+        match self.stopped.lock() {
+            Ok(s) => s.clone(),
+            Err(_) => Some("writer state poisoned".into()),
+        }
+    }
+}
+
+/// The embedded store.
+#[derive(Debug)]
+pub struct SqliteStore {
+    tx: Option<SyncSender<writer::Request>>,
+    reader: Mutex<Connection>,
+    shared: Arc<Shared>,
+    commit_queue_max: usize,
+    writer: Option<JoinHandle<()>>,
+    _lock: File,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `options.dir`.
+    pub fn open(options: Options) -> Result<Self, Error> {
+        if options.sync != Sync::Full && !options.allow_unsafe_durability {
+            return Err(Error::UnsafeSetting(format!(
+                "sync {:?} can lose acknowledged commits; allow it explicitly to use it",
+                options.sync
+            )));
+        }
+        std::fs::create_dir_all(&options.dir)
+            .map_err(|e| Error::Unavailable(format!("{}: {e}", options.dir.display())))?;
+        let lock_path = options.dir.join("LOCK");
+        let lock = File::create(&lock_path)
+            .map_err(|e| Error::Unavailable(format!("{}: {e}", lock_path.display())))?;
+        lock.try_lock().map_err(|_| {
+            Error::Unavailable(format!(
+                "{} is in use by another process",
+                options.dir.display()
+            ))
+        })?;
+
+        let path = options.dir.join("marketgov.db");
+        let mut conn = Connection::open(&path).map_err(storage)?;
+        let sync = match options.sync {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+            Sync::Off => "OFF",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;"
+        ))
+        .map_err(storage)?;
+        let journal: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(storage)?;
+        let synchronous: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .map_err(storage)?;
+        if options.sync == Sync::Full && (!journal.eq_ignore_ascii_case("wal") || synchronous != 2)
+        {
+            return Err(Error::UnsafeSetting(format!(
+                "database reports journal {journal}, synchronous {synchronous}"
+            )));
+        }
+        conn.set_prepared_statement_cache_capacity(64);
+        schema::migrate(&mut conn)?;
+
+        let head = verify_tail(&conn, options.verify_tail_entries)?;
+        let last_checkpoint: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM checkpoints", [], |r| {
+                r.get(0)
+            })
+            .map_err(storage)?;
+
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(storage)?;
+        reader.set_prepared_statement_cache_capacity(64);
+
+        let shared = Arc::new(Shared::default());
+        shared.head_seq.store(head.seq, Ordering::Relaxed);
+        let (tx, rx) = sync_channel(options.commit_queue_max);
+        let w = writer::Writer {
+            conn,
+            head,
+            signer: options.signer,
+            checkpoint_every: options.checkpoint_every_entries.max(1),
+            last_checkpoint: last_checkpoint.max(0) as u64,
+            batch_commits_max: options.batch_commits_max.max(1),
+            shared: shared.clone(),
+            fault: options.fault,
+        };
+        let writer = std::thread::Builder::new()
+            .name("marketgov-store-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| Error::Unavailable(format!("cannot start the writer: {e}")))?;
+        Ok(Self {
+            tx: Some(tx),
+            reader: Mutex::new(reader),
+            shared,
+            commit_queue_max: options.commit_queue_max,
+            writer: Some(writer),
+            _lock: lock,
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last audit sequence number written.
+    pub fn head_seq(&self) -> u64 {
+        self.shared.head_seq.load(Ordering::Relaxed)
+    }
+
+    /// Why the writer stopped, if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.shared.stopped_reason()
+    }
+
+    fn reader(&self) -> Result<MutexGuard<'_, Connection>, Error> {
+        self.reader
+            .lock()
+            .map_err(|_| Error::Storage("reader connection poisoned".into()))
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and exit.
+        self.tx.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn commit(&self, commit: Commit) -> Result<Ack, Error> {
+        if let Some(reason) = self.shared.stopped_reason() {
+            return Err(Error::Stopped { reason });
+        }
+        let Some(tx) = self.tx.as_ref() else {
+            return Err(Error::Stopped {
+                reason: "store closed".into(),
+            });
+        };
+        let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        match tx.try_send(writer::Request {
+            commit,
+            ack: ack_tx,
+        }) {
+            Ok(()) => Ok(ack_rx),
+            Err(TrySendError::Full(_)) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(Error::Overloaded {
+                    queued: self.commit_queue_max,
+                })
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(Error::Stopped {
+                    reason: "writer gone".into(),
+                })
+            }
+        }
+    }
+
+    fn load_stream(&self, stream: &str) -> Result<StreamLoad, Error> {
+        let conn = self.reader()?;
+        let snapshot = conn
+            .prepare_cached("SELECT version, body, sum FROM snapshots WHERE stream = ?1")
+            .and_then(|mut st| {
+                st.query_row([stream], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(storage)?;
+        let snapshot = match snapshot {
+            Some((version, body, sum)) => {
+                verify_sum(&body, &sum, || format!("snapshot of {stream}"))?;
+                Some(Snapshot {
+                    stream: stream.to_owned(),
+                    version: version as u64,
+                    body,
+                })
+            }
+            None => None,
+        };
+        let after = snapshot.as_ref().map_or(0, |s| s.version) as i64;
+        let mut st = conn
+            .prepare_cached(
+                "SELECT seq, stream_version, body, prev_hash, hash FROM events
+                 WHERE stream = ?1 AND stream_version > ?2 ORDER BY stream_version",
+            )
+            .map_err(storage)?;
+        let rows = st
+            .query_map(params![stream, after], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })
+            .map_err(storage)?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (seq, version, body, prev, hash) = row.map_err(storage)?;
+            let entry = to_entry(seq, prev, hash, body)?;
+            check_entry(&entry)?;
+            events.push((version as u64, entry.bytes));
+        }
+        Ok(StreamLoad { snapshot, events })
+    }
+
+    fn idempotency(&self, tenant: &str, key: &str) -> Result<Option<IdempotencyRecord>, Error> {
+        let conn = self.reader()?;
+        let row = conn
+            .prepare_cached(
+                "SELECT operation, fingerprint, response, created_at_ms, sum FROM idempotency WHERE tenant = ?1 AND key = ?2",
+            )
+            .and_then(|mut st| {
+                st.query_row([tenant, key], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(storage)?;
+        let Some((operation, fingerprint, response, created_at_ms, sum)) = row else {
+            return Ok(None);
+        };
+        let location = || format!("idempotency record {tenant}/{key}");
+        verify_sum(
+            &[fingerprint.as_slice(), &response].concat(),
+            &sum,
+            location,
+        )?;
+        let fingerprint: Hash = fingerprint.try_into().map_err(|_| Error::Corrupt {
+            location: location(),
+            detail: "fingerprint is not 32 bytes".into(),
+        })?;
+        Ok(Some(IdempotencyRecord {
+            tenant: tenant.to_owned(),
+            key: key.to_owned(),
+            operation,
+            fingerprint,
+            response,
+            created_at_ms,
+        }))
+    }
+
+    fn due_timers(&self, until_ms: i64, limit: usize) -> Result<Vec<TimerRow>, Error> {
+        let conn = self.reader()?;
+        let mut st = conn
+            .prepare_cached("SELECT stream, kind, due_at_ms FROM timers WHERE due_at_ms <= ?1 ORDER BY due_at_ms, stream, kind LIMIT ?2")
+            .map_err(storage)?;
+        let rows = st
+            .query_map(params![until_ms, limit as i64], |r| {
+                Ok(TimerRow {
+                    stream: r.get(0)?,
+                    kind: r.get(1)?,
+                    due_at_ms: r.get(2)?,
+                })
+            })
+            .map_err(storage)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(storage)
+    }
+
+    fn ready_outbox(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, Error> {
+        let conn = self.reader()?;
+        let mut st = conn
+            .prepare_cached(
+                "SELECT id, effect_key, stream, connector, body, sum, attempts, next_attempt_ms FROM outbox
+                 WHERE state = 'pending' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms, id LIMIT ?2",
+            )
+            .map_err(storage)?;
+        let rows = st
+            .query_map(params![now_ms, limit as i64], |r| {
+                Ok((
+                    OutboxRow {
+                        id: r.get(0)?,
+                        effect_key: r.get(1)?,
+                        stream: r.get(2)?,
+                        connector: r.get(3)?,
+                        body: r.get(4)?,
+                        attempts: r.get(6)?,
+                        next_attempt_ms: r.get(7)?,
+                    },
+                    r.get::<_, Vec<u8>>(5)?,
+                ))
+            })
+            .map_err(storage)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (row, sum) = row.map_err(storage)?;
+            verify_sum(&row.body, &sum, || {
+                format!("outbox effect {}", row.effect_key)
+            })?;
+            out.push(row);
+        }
+        Ok(out)
+    }
+
+    fn versioned(&self, table: VersionedTable, key: &str) -> Result<Option<(u64, Vec<u8>)>, Error> {
+        let conn = self.reader()?;
+        let row = conn
+            .prepare_cached("SELECT version, body, sum FROM versioned WHERE tbl = ?1 AND key = ?2")
+            .and_then(|mut st| {
+                st.query_row([table.name(), key], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(storage)?;
+        match row {
+            None => Ok(None),
+            Some((version, body, sum)) => {
+                verify_sum(&body, &sum, || format!("{}/{key}", table.name()))?;
+                Ok(Some((version as u64, body)))
+            }
+        }
+    }
+
+    fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<Entry>, Error> {
+        let conn = self.reader()?;
+        let mut st = conn
+            .prepare_cached("SELECT seq, prev_hash, hash, body FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2")
+            .map_err(storage)?;
+        let rows = st
+            .query_map(params![from_seq as i64, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })
+            .map_err(storage)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, prev, hash, body) = row.map_err(storage)?;
+            // Not checked here: the verifier's job is to name what is wrong, so hand it the rows.
+            out.push(to_entry(seq, prev, hash, body)?);
+        }
+        Ok(out)
+    }
+
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>, Error> {
+        let conn = self.reader()?;
+        let mut st = conn
+            .prepare_cached("SELECT seq, hash, signature FROM checkpoints ORDER BY seq")
+            .map_err(storage)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(Checkpoint {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    hash: r.get(1)?,
+                    signature: r.get(2)?,
+                })
+            })
+            .map_err(storage)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(storage)
+    }
+
+    fn stats(&self) -> Result<StoreStats, Error> {
+        let conn = self.reader()?;
+        let count = |sql: &str| {
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map_err(storage)
+        };
+        Ok(StoreStats {
+            events: count("SELECT COUNT(*) FROM events")? as u64,
+            commits: self.shared.commits.load(Ordering::Relaxed),
+            batches: self.shared.batches.load(Ordering::Relaxed),
+            timers: count("SELECT COUNT(*) FROM timers")? as u64,
+            outbox: count("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")? as u64,
+        })
+    }
+}
+
+/// Maps a database error to the store's error, naming corruption as such.
+pub(crate) fn storage(e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            Error::Corrupt {
+                location: "database file".into(),
+                detail: e.to_string(),
+            }
+        }
+        _ => Error::Storage(e.to_string()),
+    }
+}
+
+/// The checksum stored beside a blob: the first 16 bytes of its SHA-256.
+pub(crate) fn checksum(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes)[..16].to_vec()
+}
+
+fn verify_sum(bytes: &[u8], sum: &[u8], location: impl FnOnce() -> String) -> Result<(), Error> {
+    if checksum(bytes) == sum {
+        Ok(())
+    } else {
+        Err(Error::Corrupt {
+            location: location(),
+            detail: "checksum mismatch".into(),
+        })
+    }
+}
+
+fn to_entry(seq: i64, prev: Vec<u8>, hash: Vec<u8>, bytes: Vec<u8>) -> Result<Entry, Error> {
+    let bad = |what: &str| Error::Corrupt {
+        location: format!("audit entry {seq}"),
+        detail: format!("{what} is not 32 bytes"),
+    };
+    Ok(Entry {
+        seq: seq as u64,
+        prev_hash: prev.try_into().map_err(|_| bad("prev_hash"))?,
+        hash: hash.try_into().map_err(|_| bad("hash"))?,
+        bytes,
+    })
+}
+
+fn check_entry(e: &Entry) -> Result<(), Error> {
+    if entry_hash(&e.prev_hash, e.seq, &e.bytes) == e.hash {
+        Ok(())
+    } else {
+        Err(Error::Corrupt {
+            location: format!("audit entry {}", e.seq),
+            detail: "hash mismatch: the entry was changed".into(),
+        })
+    }
+}
+
+/// Re-verifies the last entries of the chain and returns its head.
+fn verify_tail(conn: &Connection, tail_entries: u64) -> Result<Head, Error> {
+    let last: i64 = conn
+        .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
+        .map_err(storage)?;
+    if last == 0 {
+        return Ok(Head::default());
+    }
+    let from = (last as u64)
+        .saturating_sub(tail_entries.saturating_sub(1))
+        .max(1);
+    let mut st = conn
+        .prepare("SELECT seq, prev_hash, hash, body FROM events WHERE seq >= ?1 ORDER BY seq")
+        .map_err(storage)?;
+    let rows = st
+        .query_map([from as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })
+        .map_err(storage)?;
+    let mut previous: Option<Entry> = None;
+    for row in rows {
+        let (seq, prev, hash, body) = row.map_err(storage)?;
+        let e = to_entry(seq, prev, hash, body)?;
+        check_entry(&e)?;
+        if let Some(p) = &previous {
+            if e.seq != p.seq + 1 || e.prev_hash != p.hash {
+                return Err(Error::Corrupt {
+                    location: format!("audit entry {}", e.seq),
+                    detail: "does not follow the entry before it".into(),
+                });
+            }
+        }
+        previous = Some(e);
+    }
+    match previous {
+        Some(e) if e.seq == last as u64 => Ok(Head {
+            seq: e.seq,
+            hash: e.hash,
+        }),
+        _ => Err(Error::Corrupt {
+            location: format!("audit entry {last}"),
+            detail: "the tail of the log is unreadable".into(),
+        }),
+    }
+}

@@ -1,0 +1,508 @@
+//! The embedded store: durable acknowledgement, group commit, per-commit isolation inside a batch,
+//! fail-stop on a failed sync, corruption named on open and read, refused unsafe settings.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
+use marketgov_audit::{verify, CheckpointSigner, Fault};
+use marketgov_store::{
+    Commit, Error, EventWrite, IdempotencyRecord, OutboxUpdate, OutboxWrite, Snapshot, Store,
+    TimerWrite, VersionedTable, VersionedWrite,
+};
+use marketgov_store_sqlite::{FaultInjector, FaultMode, Options, SqliteStore, Sync};
+
+const SECRET: [u8; 32] = [3; 32];
+
+fn open(dir: &std::path::Path) -> SqliteStore {
+    let mut o = Options::new(dir);
+    o.signer = Some(CheckpointSigner::from_secret(&SECRET));
+    o.checkpoint_every_entries = 10;
+    SqliteStore::open(o).unwrap()
+}
+
+fn event(stream: &str, version: u64, text: &str) -> EventWrite {
+    EventWrite {
+        stream: stream.into(),
+        stream_version: version,
+        event_id: format!("{stream}-{version}"),
+        at_ms: 1_000 * version as i64,
+        body: text.as_bytes().to_vec(),
+    }
+}
+
+fn commit_events(events: Vec<EventWrite>) -> Commit {
+    Commit {
+        events,
+        ..Commit::default()
+    }
+}
+
+fn wait(ack: marketgov_store::Ack) -> Result<marketgov_store::Receipt, Error> {
+    ack.blocking_recv().unwrap_or_else(|_| {
+        Err(Error::Stopped {
+            reason: "ack dropped".into(),
+        })
+    })
+}
+
+#[test]
+fn acknowledged_commits_survive_a_reopen_and_the_log_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for v in 1..=25u64 {
+            let mut c = commit_events(vec![event("customer:t/c1", v, &format!("{{\"n\":{v}}}"))]);
+            if v == 20 {
+                c.snapshots.push(Snapshot {
+                    stream: "customer:t/c1".into(),
+                    version: 20,
+                    body: b"state@20".to_vec(),
+                });
+            }
+            let receipt = wait(store.commit(c).unwrap()).unwrap();
+            assert_eq!(receipt.entries[0].0, v, "audit seq");
+        }
+    }
+    let store = open(dir.path());
+    let load = store.load_stream("customer:t/c1").unwrap();
+    assert_eq!(
+        load.snapshot.as_ref().map(|s| (s.version, s.body.clone())),
+        Some((20, b"state@20".to_vec()))
+    );
+    let versions: Vec<u64> = load.events.iter().map(|(v, _)| *v).collect();
+    assert_eq!(
+        versions,
+        vec![21, 22, 23, 24, 25],
+        "events after the snapshot"
+    );
+    let entries = store.audit_entries(1, 1000).unwrap();
+    let checkpoints = store.checkpoints().unwrap();
+    assert!(!checkpoints.is_empty());
+    let report = verify(
+        &CheckpointSigner::from_secret(&SECRET).public_key(),
+        &entries,
+        &checkpoints,
+    )
+    .unwrap();
+    assert!(report.ok && report.entries == 25, "{report:?}");
+}
+
+#[test]
+fn commits_queued_together_share_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let acks: Vec<_> = (1..=200u64)
+        .map(|i| {
+            store
+                .commit(commit_events(vec![event(&format!("s{i}"), 1, "x")]))
+                .unwrap()
+        })
+        .collect();
+    for ack in acks {
+        wait(ack).unwrap();
+    }
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.events, stats.commits), (200, 200));
+    assert!(
+        stats.batches < stats.commits,
+        "group commit: {} batches for {} commits",
+        stats.batches,
+        stats.commits
+    );
+}
+
+#[test]
+fn a_failing_commit_fails_alone_inside_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    wait(
+        store
+            .commit(commit_events(vec![event("s", 1, "first")]))
+            .unwrap(),
+    )
+    .unwrap();
+    let key = |k: &str| IdempotencyRecord {
+        tenant: "t".into(),
+        key: k.into(),
+        operation: "events".into(),
+        fingerprint: [1; 32],
+        response: b"{}".to_vec(),
+        created_at_ms: 5,
+    };
+    let a = store
+        .commit(commit_events(vec![event("s", 1, "stream version taken")]))
+        .unwrap();
+    let b = store
+        .commit(Commit {
+            events: vec![event("s", 2, "fine")],
+            idempotency: vec![key("k1")],
+            ..Commit::default()
+        })
+        .unwrap();
+    let c = store
+        .commit(Commit {
+            idempotency: vec![key("k1")],
+            ..Commit::default()
+        })
+        .unwrap();
+    assert!(matches!(wait(a), Err(Error::Conflict(_))));
+    assert!(wait(b).is_ok());
+    assert!(matches!(wait(c), Err(Error::Conflict(_))));
+    let load = store.load_stream("s").unwrap();
+    assert_eq!(
+        load.events,
+        vec![(1, b"first".to_vec()), (2, b"fine".to_vec())]
+    );
+    assert_eq!(store.idempotency("t", "k1").unwrap(), Some(key("k1")));
+    assert_eq!(
+        store.idempotency("other-tenant", "k1").unwrap(),
+        None,
+        "keys are scoped per tenant"
+    );
+    // The failed commits consumed no audit positions: the chain has no gaps.
+    let entries = store.audit_entries(1, 10).unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}
+
+#[test]
+fn timers_outbox_and_versioned_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let set = |kind: &str, due| TimerWrite::Set {
+        stream: "c1".into(),
+        kind: kind.into(),
+        due_at_ms: due,
+    };
+    wait(
+        store
+            .commit(Commit {
+                timers: vec![
+                    set("payment_retry", 100),
+                    set("period_end", 500),
+                    set("payment_retry", 200),
+                ],
+                outbox: vec![OutboxWrite {
+                    effect_key: "evt-1:0".into(),
+                    stream: "c1".into(),
+                    connector: "sandbox".into(),
+                    body: b"charge".to_vec(),
+                    not_before_ms: 0,
+                }],
+                cases: vec![VersionedWrite {
+                    key: "ProcessOrder-o1".into(),
+                    expected_version: 0,
+                    version: 1,
+                    body: b"v1".to_vec(),
+                }],
+                ..Commit::default()
+            })
+            .unwrap(),
+    )
+    .unwrap();
+    let due: Vec<_> = store
+        .due_timers(300, 10)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.kind, t.due_at_ms))
+        .collect();
+    assert_eq!(
+        due,
+        vec![("payment_retry".to_string(), 200)],
+        "setting a kind again moves it"
+    );
+    assert_eq!(store.ready_outbox(0, 10).unwrap().len(), 1);
+
+    // The same effect key is never queued twice; a stale case version is refused.
+    let again = OutboxWrite {
+        effect_key: "evt-1:0".into(),
+        stream: "c1".into(),
+        connector: "sandbox".into(),
+        body: b"charge".to_vec(),
+        not_before_ms: 0,
+    };
+    assert!(matches!(
+        wait(
+            store
+                .commit(Commit {
+                    outbox: vec![again],
+                    ..Commit::default()
+                })
+                .unwrap()
+        ),
+        Err(Error::Conflict(_))
+    ));
+    let stale = VersionedWrite {
+        key: "ProcessOrder-o1".into(),
+        expected_version: 5,
+        version: 6,
+        body: b"v6".to_vec(),
+    };
+    assert!(matches!(
+        wait(
+            store
+                .commit(Commit {
+                    cases: vec![stale],
+                    ..Commit::default()
+                })
+                .unwrap()
+        ),
+        Err(Error::Conflict(_))
+    ));
+
+    wait(
+        store
+            .commit(Commit {
+                timers: vec![TimerWrite::Cancel {
+                    stream: "c1".into(),
+                    kind: "payment_retry".into(),
+                }],
+                outbox_updates: vec![OutboxUpdate::Done {
+                    effect_key: "evt-1:0".into(),
+                }],
+                cases: vec![VersionedWrite {
+                    key: "ProcessOrder-o1".into(),
+                    expected_version: 1,
+                    version: 2,
+                    body: b"v2".to_vec(),
+                }],
+                ..Commit::default()
+            })
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(store.due_timers(300, 10).unwrap().is_empty());
+    assert!(store.ready_outbox(0, 10).unwrap().is_empty());
+    assert_eq!(
+        store
+            .versioned(VersionedTable::Cases, "ProcessOrder-o1")
+            .unwrap(),
+        Some((2, b"v2".to_vec()))
+    );
+    // Marking an effect done twice is a conflict: each is applied once.
+    let twice = Commit {
+        outbox_updates: vec![OutboxUpdate::Done {
+            effect_key: "evt-1:0".into(),
+        }],
+        ..Commit::default()
+    };
+    assert!(matches!(
+        wait(store.commit(twice).unwrap()),
+        Err(Error::Conflict(_))
+    ));
+}
+
+#[test]
+fn a_failed_sync_acknowledges_nothing_of_its_batch_and_stops_the_writer() {
+    for mode in [FaultMode::LostSync, FaultMode::UnacknowledgedSync] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut o = Options::new(dir.path());
+            o.fault = Some(FaultInjector::fail_batch(2, mode));
+            let store = SqliteStore::open(o).unwrap();
+            wait(
+                store
+                    .commit(commit_events(vec![event("s", 1, "acked")]))
+                    .unwrap(),
+            )
+            .unwrap();
+            let failed = wait(
+                store
+                    .commit(commit_events(vec![event("s", 2, "not acked")]))
+                    .unwrap(),
+            );
+            assert!(
+                matches!(failed, Err(Error::Stopped { .. })),
+                "{mode:?}: {failed:?}"
+            );
+            assert!(store.stopped().is_some());
+            assert!(
+                matches!(
+                    store.commit(commit_events(vec![event("s", 3, "later")])),
+                    Err(Error::Stopped { .. })
+                ),
+                "fail-stop"
+            );
+        }
+        let store = SqliteStore::open(Options::new(dir.path())).unwrap();
+        let events = store.load_stream("s").unwrap().events;
+        assert_eq!(
+            events.first(),
+            Some(&(1, b"acked".to_vec())),
+            "{mode:?}: the acknowledged commit is there"
+        );
+        match mode {
+            FaultMode::LostSync => assert_eq!(events.len(), 1),
+            // Unacknowledged but durable data may be there; it must be whole and verified.
+            FaultMode::UnacknowledgedSync => assert_eq!(events.len(), 2),
+        }
+        // The restarted store continues the chain.
+        let next = events.len() as u64 + 1;
+        wait(
+            store
+                .commit(commit_events(vec![event("s", next, "after restart")]))
+                .unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_changed_byte_in_acknowledged_data_is_named_on_read_and_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for v in 1..=3 {
+            wait(
+                store
+                    .commit(commit_events(vec![event("s", v, &format!("payload-{v}"))]))
+                    .unwrap(),
+            )
+            .unwrap();
+        }
+    }
+    // Flip one bit of entry 2's body behind the store's back.
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("marketgov.db")).unwrap();
+        let mut flipped = b"payload-2".to_vec();
+        flipped[0] ^= 0x01;
+        conn.execute("UPDATE events SET body = ?1 WHERE seq = 2", [flipped])
+            .unwrap();
+    }
+    // On open, the tail check names it.
+    match SqliteStore::open(Options::new(dir.path())) {
+        Err(Error::Corrupt { location, .. }) => assert_eq!(location, "audit entry 2"),
+        other => panic!("expected corruption named on open, got {other:?}"),
+    }
+    // Outside the tail checked on open, reading the stream names it.
+    let mut o = Options::new(dir.path());
+    o.verify_tail_entries = 1;
+    let store = SqliteStore::open(o).unwrap();
+    match store.load_stream("s") {
+        Err(Error::Corrupt { location, detail }) => {
+            assert_eq!(location, "audit entry 2");
+            assert!(detail.contains("hash mismatch"));
+        }
+        other => panic!("expected corruption named on read, got {other:?}"),
+    }
+    // And the audit verifier names the same position.
+    let entries = store.audit_entries(1, 10).unwrap();
+    let report = verify(
+        &CheckpointSigner::from_secret(&SECRET).public_key(),
+        &entries,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        report.first_bad.map(|b| (b.seq, b.reason)),
+        Some((2, Fault::HashMismatch))
+    );
+}
+
+#[test]
+fn a_corrupt_blob_outside_the_tail_is_named_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        wait(
+            store
+                .commit(Commit {
+                    snapshots: vec![Snapshot {
+                        stream: "s2".into(),
+                        version: 1,
+                        body: b"snap".to_vec(),
+                    }],
+                    ..Commit::default()
+                })
+                .unwrap(),
+        )
+        .unwrap();
+    }
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("marketgov.db")).unwrap();
+        conn.execute(
+            "UPDATE snapshots SET body = X'736e6171' WHERE stream = 's2'",
+            [],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(Options::new(dir.path())).unwrap();
+    match store.load_stream("s2") {
+        Err(Error::Corrupt { location, detail }) => {
+            assert_eq!(location, "snapshot of s2");
+            assert!(detail.contains("checksum"));
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_the_database_file_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = "MARKER-0123456789-abcdefghij";
+    {
+        let store = open(dir.path());
+        wait(
+            store
+                .commit(commit_events(vec![event("s", 1, marker)]))
+                .unwrap(),
+        )
+        .unwrap();
+    }
+    // Move everything from the WAL into the main file, then flip a bit of the marker there.
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("marketgov.db")).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+    }
+    let path = dir.path().join("marketgov.db");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .expect("marker on disk");
+    bytes[at + 3] ^= 0x04;
+    std::fs::write(&path, bytes).unwrap();
+    match SqliteStore::open(Options::new(dir.path())) {
+        Err(Error::Corrupt { location, .. }) => assert_eq!(location, "audit entry 1"),
+        other => panic!("expected corruption named, got {other:?}"),
+    }
+}
+
+#[test]
+fn settings_that_weaken_durability_are_refused_unless_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    for sync in [Sync::Normal, Sync::Off] {
+        let mut o = Options::new(dir.path());
+        o.sync = sync;
+        assert!(matches!(SqliteStore::open(o), Err(Error::UnsafeSetting(_))));
+    }
+    let mut o = Options::new(dir.path());
+    o.sync = Sync::Normal;
+    o.allow_unsafe_durability = true;
+    assert!(SqliteStore::open(o).is_ok());
+}
+
+#[test]
+fn one_directory_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path());
+    assert!(matches!(
+        SqliteStore::open(Options::new(dir.path())),
+        Err(Error::Unavailable(_))
+    ));
+}
+
+#[test]
+fn a_store_from_a_newer_release_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let conn = rusqlite::Connection::open(dir.path().join("marketgov.db")).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    assert!(matches!(
+        SqliteStore::open(Options::new(dir.path())),
+        Err(Error::SchemaTooNew { found: 99, .. })
+    ));
+}
