@@ -195,6 +195,11 @@ fn write_commit(
         })
         .map_err(storage)?;
     }
+    for (tenant, key) in &commit.idempotency_expired {
+        tx.prepare_cached("DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2")
+            .and_then(|mut st| st.execute(params![tenant, key]))
+            .map_err(storage)?;
+    }
     for r in &commit.idempotency {
         let sum = checksum(&[r.fingerprint.as_slice(), &r.response].concat());
         tx.prepare_cached(

@@ -1,0 +1,410 @@
+//! The `App`: the one API every front end calls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use marketgov_audit::{to_hex, Hash, Report, Verifier};
+use marketgov_core::governors::product_catalog::Product;
+use marketgov_core::ids::Sku;
+use marketgov_core::orchestrator::{EventContext, EventStatus};
+use marketgov_core::{CatalogCommand, Customer, CustomerEvent, Input};
+use marketgov_store::Store;
+use marketgov_store_sqlite::{Options as StoreOptions, SqliteStore};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::shard::{customer_stream, product_stream, KeyClaim, Shard, Work};
+use crate::stream::rebuild;
+use crate::{keys, EngineOptions, Error};
+
+/// Longest idempotency key, in bytes (SPEC 1.4).
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
+/// Audit entries read per page while verifying.
+const VERIFY_PAGE_ENTRIES: usize = 4096;
+
+/// An answer to an event or command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// How it ended.
+    pub status: EventStatus,
+    /// The result as sent on the wire, with its `receipt`.
+    pub body: serde_json::Value,
+    /// Whether this is the stored answer to an earlier request with the same key.
+    pub replayed: bool,
+}
+
+/// An audit receipt: where the event sits in the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReceiptView {
+    /// Position in the log.
+    pub seq: u64,
+    /// The entry's hash, hex.
+    pub hash: String,
+    /// The previous entry's hash, hex.
+    pub prev_hash: String,
+}
+
+impl Reply {
+    pub(crate) fn new(
+        status: EventStatus,
+        mut body: serde_json::Value,
+        receipt: Option<(u64, Hash, Hash)>,
+        replayed: bool,
+    ) -> Self {
+        if let (Some((seq, prev, hash)), Some(obj)) = (receipt, body.as_object_mut()) {
+            let view = ReceiptView {
+                seq,
+                hash: to_hex(&hash),
+                prev_hash: to_hex(&prev),
+            };
+            obj.insert(
+                "receipt".into(),
+                serde_json::to_value(view).unwrap_or_default(),
+            );
+        }
+        Self {
+            status,
+            body,
+            replayed,
+        }
+    }
+}
+
+/// State every shard shares.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub store: Arc<SqliteStore>,
+    pub options: EngineOptions,
+    /// Products by (tenant, sku), as last committed.
+    pub catalog: RwLock<HashMap<(String, Sku), Product>>,
+    /// Event ids issued, to keep them unique within one instant.
+    pub issued: std::sync::atomic::AtomicU64,
+    pub node_nonce: u64,
+}
+
+impl Inner {
+    /// The context of a new decision: a fresh event id and the clock's instant.
+    pub fn context(&self) -> EventContext {
+        let now = self.options.clock.now();
+        let n = self
+            .issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        EventContext {
+            event_id: format!(
+                "evt-{:x}-{:08x}-{n:x}",
+                now.as_millisecond(),
+                self.node_nonce as u32
+            ),
+            now,
+        }
+    }
+
+    pub fn remember_product(&self, tenant: &str, product: Product) {
+        if let Ok(mut catalog) = self.catalog.write() {
+            catalog.insert((tenant.to_owned(), product.sku.clone()), product);
+        }
+    }
+
+    /// A product, from memory or the store.
+    pub fn product(&self, tenant: &str, sku: &Sku) -> Result<Option<Product>, Error> {
+        let key = (tenant.to_owned(), sku.clone());
+        if let Some(p) = self.catalog.read().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(Some(p));
+        }
+        let stream = product_stream(tenant, sku.as_str());
+        let state = rebuild(&stream, self.store.load_stream(&stream)?)?;
+        if let Some(p) = &state.product {
+            self.remember_product(tenant, p.clone());
+        }
+        Ok(state.product)
+    }
+}
+
+/// The engine.
+#[derive(Debug, Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+    shards: Arc<Vec<mpsc::Sender<Work>>>,
+    in_flight: Arc<Mutex<HashMap<(String, String), ()>>>,
+}
+
+/// Removes an in-flight key when the request ends, however it ends.
+struct InFlight {
+    map: Arc<Mutex<HashMap<(String, String), ()>>>,
+    key: (String, String),
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl App {
+    /// Opens the engine on its data directory. Must be called inside a tokio runtime.
+    pub fn open(options: EngineOptions) -> Result<Self, Error> {
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|e| Error::Setup(format!("{}: {e}", options.data_dir.display())))?;
+        let signer = keys::load_or_create(&options.data_dir)?;
+        let mut store_options = StoreOptions::new(&options.data_dir);
+        store_options.signer = Some(signer);
+        store_options.checkpoint_every_entries = options.checkpoint_every_entries;
+        store_options.fault = options.store_fault.clone();
+        let store = Arc::new(SqliteStore::open(store_options)?);
+        let mut nonce = [0u8; 8];
+        getrandom::getrandom(&mut nonce)
+            .map_err(|e| Error::Setup(format!("no random source: {e}")))?;
+        let inner = Arc::new(Inner {
+            store,
+            options: options.clone(),
+            catalog: RwLock::new(HashMap::new()),
+            issued: std::sync::atomic::AtomicU64::new(0),
+            node_nonce: u64::from_le_bytes(nonce),
+        });
+        let mut shards = Vec::with_capacity(options.shards.max(1));
+        for _ in 0..options.shards.max(1) {
+            let (tx, rx) = mpsc::channel(options.shard_queue_max.max(1));
+            let shard = Shard {
+                inner: inner.clone(),
+                cache: HashMap::new(),
+                loaded: Default::default(),
+            };
+            tokio::spawn(shard.run(rx));
+            shards.push(tx);
+        }
+        Ok(Self {
+            inner,
+            shards: Arc::new(shards),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The store (for front ends' queries and tests).
+    pub fn store(&self) -> &SqliteStore {
+        &self.inner.store
+    }
+
+    fn shard(&self, stream: &str) -> &mpsc::Sender<Work> {
+        // FNV-1a: stable across processes, so a stream always lands on the same shard.
+        let hash = stream.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        &self.shards[(hash % self.shards.len() as u64) as usize]
+    }
+
+    async fn send(&self, stream: &str, work: Work) -> Result<(), Error> {
+        self.shard(stream).try_send(work).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                Error::Overloaded(format!("the shard of {stream} has a full queue"))
+            }
+            mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
+        })
+    }
+
+    /// Decides one customer event. With a key, a repeat with the same content answers the first
+    /// result marked as a replay; other content or another operation is [`Error::KeyReused`].
+    pub async fn submit_event(
+        &self,
+        tenant: &str,
+        key: Option<&str>,
+        event: CustomerEvent,
+    ) -> Result<Reply, Error> {
+        event.validate()?;
+        let input = Input::Customer(event.clone());
+        let (claim, _guard) = match self.claim(tenant, key, "events", &input)? {
+            Claimed::Replay(reply) => return Ok(reply),
+            Claimed::New(claim, guard) => (claim, guard),
+            Claimed::None => (None, None),
+        };
+        let stream = customer_stream(tenant, event.customer_id.as_str());
+        let (tx, rx) = oneshot::channel();
+        self.send(
+            &stream,
+            Work::Customer {
+                tenant: tenant.to_owned(),
+                claim,
+                event,
+                reply: tx,
+            },
+        )
+        .await?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Decides one catalog command, with the same idempotency rules.
+    pub async fn submit_catalog(
+        &self,
+        tenant: &str,
+        key: Option<&str>,
+        command: CatalogCommand,
+    ) -> Result<Reply, Error> {
+        command.validate()?;
+        let input = Input::Catalog(command.clone());
+        let (claim, _guard) = match self.claim(tenant, key, "catalog", &input)? {
+            Claimed::Replay(reply) => return Ok(reply),
+            Claimed::New(claim, guard) => (claim, guard),
+            Claimed::None => (None, None),
+        };
+        let stream = product_stream(tenant, command.sku().as_str());
+        let (tx, rx) = oneshot::channel();
+        self.send(
+            &stream,
+            Work::Catalog {
+                tenant: tenant.to_owned(),
+                claim,
+                command,
+                reply: tx,
+            },
+        )
+        .await?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Applies the idempotency rules before any work (SPEC 1.4).
+    fn claim(
+        &self,
+        tenant: &str,
+        key: Option<&str>,
+        operation: &'static str,
+        input: &Input,
+    ) -> Result<Claimed, Error> {
+        let Some(key) = key else {
+            return Ok(Claimed::None);
+        };
+        if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LEN_MAX {
+            return Err(Error::BadKey);
+        }
+        let fingerprint = fingerprint(operation, input)?;
+        let map_key = (tenant.to_owned(), key.to_owned());
+        {
+            let mut map = self
+                .in_flight
+                .lock()
+                .map_err(|_| Error::Setup("in-flight map poisoned".into()))?;
+            if map.contains_key(&map_key) {
+                return Err(Error::KeyInFlight {
+                    key: key.to_owned(),
+                });
+            }
+            map.insert(map_key.clone(), ());
+        }
+        let guard = InFlight {
+            map: self.in_flight.clone(),
+            key: map_key,
+        };
+        let now_ms = self.inner.options.clock.now().as_millisecond();
+        let mut replaces_expired = false;
+        if let Some(record) = self.inner.store.idempotency(tenant, key)? {
+            if now_ms - record.created_at_ms >= self.inner.options.idempotency_window_ms {
+                replaces_expired = true;
+            } else if record.operation != operation || record.fingerprint != fingerprint {
+                return Err(Error::KeyReused {
+                    key: key.to_owned(),
+                });
+            } else {
+                return Ok(Claimed::Replay(self.replay(&record.response)?));
+            }
+        }
+        Ok(Claimed::New(
+            Some(KeyClaim {
+                tenant: tenant.to_owned(),
+                key: key.to_owned(),
+                operation,
+                fingerprint,
+                replaces_expired,
+            }),
+            Some(guard),
+        ))
+    }
+
+    fn replay(&self, response: &[u8]) -> Result<Reply, Error> {
+        let bad = |detail: String| Error::Replay {
+            location: "idempotency record".into(),
+            detail,
+        };
+        let stored: serde_json::Value =
+            serde_json::from_slice(response).map_err(|e| bad(e.to_string()))?;
+        let stream = stored["stream"].as_str().unwrap_or_default();
+        let version = stored["stream_version"].as_u64().unwrap_or_default();
+        let result = stored.get("result").cloned().unwrap_or_default();
+        let status: EventStatus =
+            serde_json::from_value(result["status"].clone()).map_err(|e| bad(e.to_string()))?;
+        let receipt = self.inner.store.event_receipt(stream, version)?;
+        Ok(Reply::new(status, result, receipt, true))
+    }
+
+    /// A customer's committed state (`None`: unknown).
+    pub async fn customer(
+        &self,
+        tenant: &str,
+        customer_id: &str,
+    ) -> Result<Option<Customer>, Error> {
+        let stream = customer_stream(tenant, customer_id);
+        let (tx, rx) = oneshot::channel();
+        self.send(
+            &stream,
+            Work::Read {
+                stream: stream.clone(),
+                reply: tx,
+            },
+        )
+        .await?;
+        Ok(rx.await.map_err(|_| Error::ShuttingDown)??.customer)
+    }
+
+    /// A product's committed state.
+    pub fn product(&self, tenant: &str, sku: &Sku) -> Result<Option<Product>, Error> {
+        self.inner.product(tenant, sku)
+    }
+
+    /// Verifies the whole audit log against the signed checkpoints.
+    pub fn audit_verify(&self) -> Result<Report, Error> {
+        verify_store(
+            self.inner.store.as_ref(),
+            &keys::load_or_create(&self.inner.options.data_dir)?.public_key(),
+        )
+    }
+
+    /// The audit public key, hex.
+    pub fn audit_public_key(&self) -> Result<String, Error> {
+        Ok(keys::load_or_create(&self.inner.options.data_dir)?.public_key_hex())
+    }
+}
+
+enum Claimed {
+    None,
+    Replay(Reply),
+    New(Option<KeyClaim>, Option<InFlight>),
+}
+
+/// Verifies a store's audit log, page by page.
+pub fn verify_store(store: &dyn Store, public_key: &[u8; 32]) -> Result<Report, Error> {
+    let checkpoints = store.checkpoints()?;
+    let mut verifier = Verifier::new(public_key, checkpoints.iter().map(|c| c.seq))
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let mut from = 1;
+    loop {
+        let page = store.audit_entries(from, VERIFY_PAGE_ENTRIES)?;
+        let Some(last) = page.last().map(|e| e.seq) else {
+            break;
+        };
+        for e in &page {
+            verifier.entry(e);
+        }
+        from = last + 1;
+    }
+    Ok(verifier.finish(&checkpoints))
+}
+
+/// SHA-256 over the operation and the input's canonical JSON.
+fn fingerprint(operation: &str, input: &Input) -> Result<[u8; 32], Error> {
+    let bytes = serde_json::to_vec(input).map_err(|e| Error::Setup(e.to_string()))?;
+    let mut h = Sha256::new();
+    h.update(operation.as_bytes());
+    h.update([0]);
+    h.update(&bytes);
+    Ok(h.finalize().into())
+}

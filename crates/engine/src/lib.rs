@@ -1,0 +1,135 @@
+//! # marketgov-engine
+//!
+//! The durable engine: customers hashed onto shards (one writer per stream, many streams in
+//! parallel), the core deciding, the store committing, and only then the caller acknowledged.
+//!
+//! **What it owns:** the commit pipeline (decide, log, snapshot, idempotency, timers and outbox in
+//! one commit), shards and their supervision, stream loading and replay, idempotency rules
+//! (SPEC 1.4), the injected clock, the audit key, and the [`App`] API every front end calls.
+//! **What it must not know:** HTTP, MCP, command lines, or which database the store uses beyond
+//! opening the embedded one.
+
+mod app;
+mod clock;
+mod keys;
+mod shard;
+mod stream;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use app::{App, ReceiptView, Reply};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use keys::AUDIT_KEY_FILE;
+pub use stream::LoggedDecision;
+
+use marketgov_core::InputError;
+
+/// Errors of the engine, each a distinct condition a front end maps to a status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The input is invalid; nothing was stored.
+    #[error("invalid input: {0}")]
+    Invalid(#[from] InputError),
+    /// The idempotency key was used before with other content or another operation.
+    #[error("idempotency key `{key}` was used with other content or another operation")]
+    KeyReused {
+        /// The key.
+        key: String,
+    },
+    /// A request with the same idempotency key is being processed.
+    #[error("a request with idempotency key `{key}` is in progress")]
+    KeyInFlight {
+        /// The key.
+        key: String,
+    },
+    /// The idempotency key is empty or too long.
+    #[error("idempotency key must be 1 to 255 bytes")]
+    BadKey,
+    /// A queue is full: retry later.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// Deciding the event panicked; the shard was restarted from the store and the event parked
+    /// for review.
+    #[error("deciding event {event_id} failed; it is parked for review")]
+    DecisionPanicked {
+        /// The parked event's id.
+        event_id: String,
+    },
+    /// Storage failed; nothing of this request is remembered, a retry may succeed.
+    #[error("storage: {0}")]
+    Store(#[from] marketgov_store::Error),
+    /// The engine is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// Setting up the engine failed.
+    #[error("setup: {0}")]
+    Setup(String),
+    /// A stored record could not be decoded or replayed.
+    #[error("stored data at {location} cannot be used: {detail}")]
+    Replay {
+        /// Which record.
+        location: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// A hook run before each decision: a test seam for injecting panics into one customer's events.
+pub type DecideHook = Arc<dyn Fn(&marketgov_core::CustomerEvent) + Send + Sync>;
+
+/// Options of the engine.
+#[derive(Clone)]
+pub struct EngineOptions {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Shards (single-writer actors) customers are hashed onto.
+    pub shards: usize,
+    /// Work items waiting per shard before new ones are refused.
+    pub shard_queue_max: usize,
+    /// Streams kept in memory per shard; beyond it the least recently loaded is dropped.
+    pub shard_cache_streams_max: usize,
+    /// A snapshot every this many logged events per stream.
+    pub snapshot_every_events: u64,
+    /// How long idempotency keys are kept, in milliseconds (default 24 h).
+    pub idempotency_window_ms: i64,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Test seam: runs before each customer decision.
+    pub decide_hook: Option<DecideHook>,
+    /// A signed audit checkpoint every this many entries.
+    pub checkpoint_every_entries: u64,
+    /// Test seam: makes a chosen store batch fail at its sync.
+    pub store_fault: Option<Arc<marketgov_store_sqlite::FaultInjector>>,
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("data_dir", &self.data_dir)
+            .field("shards", &self.shards)
+            .field("shard_queue_max", &self.shard_queue_max)
+            .field("snapshot_every_events", &self.snapshot_every_events)
+            .field("idempotency_window_ms", &self.idempotency_window_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineOptions {
+    /// Defaults for `data_dir` on the system clock.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            shards: 64,
+            shard_queue_max: 1024,
+            shard_cache_streams_max: 16_384,
+            snapshot_every_events: 64,
+            idempotency_window_ms: 24 * 3600 * 1000,
+            clock: Arc::new(SystemClock),
+            decide_hook: None,
+            checkpoint_every_entries: 1000,
+            store_fault: None,
+        }
+    }
+}

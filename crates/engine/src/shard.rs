@@ -1,0 +1,413 @@
+//! A shard: one task that owns a set of streams and handles their work one item at a time, so
+//! each stream has exactly one writer and its events are decided in arrival order. Different
+//! shards run in parallel and meet only in the store's group commit.
+//!
+//! Supervision: a panic while deciding is caught; the stream is dropped from memory (it reloads
+//! from the store, which holds only committed decisions), the event is parked in the review queue
+//! and its caller told so, and the shard goes on with its other streams.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use marketgov_core::governors::product_catalog::Product;
+use marketgov_core::ids::Sku;
+use marketgov_core::orchestrator::{decide_catalog, decide_event, EventContext, EventStatus};
+use marketgov_core::timers::TimerCommand;
+use marketgov_core::{CatalogCommand, CustomerEvent, EventKind, Input};
+use marketgov_store::{
+    Commit, EventWrite, IdempotencyRecord, OutboxWrite, Snapshot, Store, TimerWrite, VersionedWrite,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::app::{Inner, Reply};
+use crate::stream::{rebuild, snapshot_body, LoggedDecision, StreamState, ENCODING_VERSION};
+use crate::Error;
+
+/// Idempotency bookkeeping a shard writes with the decision.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyClaim {
+    pub tenant: String,
+    pub key: String,
+    pub operation: &'static str,
+    pub fingerprint: [u8; 32],
+    /// An expired record with this key may be replaced.
+    pub replaces_expired: bool,
+}
+
+/// Work for a shard.
+pub(crate) enum Work {
+    Customer {
+        tenant: String,
+        claim: Option<KeyClaim>,
+        event: CustomerEvent,
+        reply: oneshot::Sender<Result<Reply, Error>>,
+    },
+    Catalog {
+        tenant: String,
+        claim: Option<KeyClaim>,
+        command: CatalogCommand,
+        reply: oneshot::Sender<Result<Reply, Error>>,
+    },
+    Read {
+        stream: String,
+        reply: oneshot::Sender<Result<StreamState, Error>>,
+    },
+}
+
+pub(crate) struct Shard {
+    pub inner: Arc<Inner>,
+    pub cache: HashMap<String, StreamState>,
+    /// Load order, for dropping the oldest stream when the cache is full.
+    pub loaded: VecDeque<String>,
+}
+
+impl Shard {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Work>) {
+        while let Some(work) = rx.recv().await {
+            match work {
+                Work::Customer {
+                    tenant,
+                    claim,
+                    event,
+                    reply,
+                } => {
+                    let result = self.customer(&tenant, claim, event).await;
+                    let _ = reply.send(result);
+                }
+                Work::Catalog {
+                    tenant,
+                    claim,
+                    command,
+                    reply,
+                } => {
+                    let result = self.catalog(&tenant, claim, command).await;
+                    let _ = reply.send(result);
+                }
+                Work::Read { stream, reply } => {
+                    let _ = reply.send(self.state(&stream).cloned());
+                }
+            }
+        }
+    }
+
+    fn state(&mut self, stream: &str) -> Result<&StreamState, Error> {
+        if !self.cache.contains_key(stream) {
+            let load = self.inner.store.load_stream(stream)?;
+            let state = rebuild(stream, load)?;
+            if self.cache.len() >= self.inner.options.shard_cache_streams_max {
+                if let Some(oldest) = self.loaded.pop_front() {
+                    self.cache.remove(&oldest);
+                }
+            }
+            self.loaded.push_back(stream.to_owned());
+            self.cache.insert(stream.to_owned(), state);
+        }
+        self.cache.get(stream).ok_or_else(|| Error::Replay {
+            location: stream.into(),
+            detail: "vanished from cache".into(),
+        })
+    }
+
+    fn forget(&mut self, stream: &str) {
+        self.cache.remove(stream);
+        self.loaded.retain(|s| s != stream);
+    }
+
+    async fn customer(
+        &mut self,
+        tenant: &str,
+        claim: Option<KeyClaim>,
+        event: CustomerEvent,
+    ) -> Result<Reply, Error> {
+        let stream = customer_stream(tenant, event.customer_id.as_str());
+        let state = self.state(&stream)?.clone();
+        let products = self.products_for(tenant, &event)?;
+        let ctx = self.inner.context();
+        let catalog: BTreeMap<Sku, Product> = products
+            .iter()
+            .map(|p| (p.sku.clone(), p.clone()))
+            .collect();
+
+        let hook = self.inner.options.decide_hook.clone();
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            if let Some(hook) = &hook {
+                hook(&event);
+            }
+            decide_event(state.customer.as_ref(), &event, &catalog, &ctx)
+        }));
+        let mut result = match decided {
+            Ok(result) => result?,
+            Err(_) => {
+                self.forget(&stream);
+                return Err(self
+                    .park(tenant, &stream, &ctx, Input::Customer(event))
+                    .await);
+            }
+        };
+        let next = result.next.take();
+        let input = serde_json::to_value(Input::Customer(event.clone())).map_err(encode)?;
+        let result_json = serde_json::to_value(&result).map_err(encode)?;
+        let logged = LoggedDecision {
+            v: ENCODING_VERSION,
+            tenant: tenant.to_owned(),
+            stream: stream.clone(),
+            idempotency_key: claim.as_ref().map(|c| c.key.clone()),
+            ctx: ctx.clone(),
+            input,
+            products,
+            status: result.status,
+            result: result_json.clone(),
+        };
+        let mut next_state = state.clone();
+        next_state.log_version += 1;
+        if let Some(next) = next {
+            next_state.customer = Some(next);
+        }
+        let mut commit =
+            self.base_commit(&stream, &state, &next_state, &logged, &claim, &result_json)?;
+        for t in &result.timers {
+            commit.timers.push(timer_write(&stream, t));
+        }
+        for e in &result.effects {
+            commit.outbox.push(OutboxWrite {
+                effect_key: e.idempotency_key.clone(),
+                stream: stream.clone(),
+                connector: connector_for(&e.kind),
+                body: serde_json::to_vec(e).map_err(encode)?,
+                not_before_ms: ctx.now.as_millisecond(),
+            });
+        }
+        if result.status == EventStatus::NeedsReview {
+            commit.review.push(VersionedWrite {
+                key: ctx.event_id.clone(),
+                expected_version: 0,
+                version: 1,
+                body: serde_json::to_vec(&logged).map_err(encode)?,
+            });
+        }
+        self.commit(&stream, next_state, commit, result.status, result_json)
+            .await
+    }
+
+    async fn catalog(
+        &mut self,
+        tenant: &str,
+        claim: Option<KeyClaim>,
+        command: CatalogCommand,
+    ) -> Result<Reply, Error> {
+        let stream = product_stream(tenant, command.sku().as_str());
+        let state = self.state(&stream)?.clone();
+        let ctx = self.inner.context();
+        let result = decide_catalog(state.product.as_ref(), &command, &ctx)?;
+        let result_json = serde_json::to_value(&result).map_err(encode)?;
+        let logged = LoggedDecision {
+            v: ENCODING_VERSION,
+            tenant: tenant.to_owned(),
+            stream: stream.clone(),
+            idempotency_key: claim.as_ref().map(|c| c.key.clone()),
+            ctx: ctx.clone(),
+            input: serde_json::to_value(Input::Catalog(command)).map_err(encode)?,
+            products: Vec::new(),
+            status: result.status,
+            result: result_json.clone(),
+        };
+        let mut next_state = state.clone();
+        next_state.log_version += 1;
+        if let Some(next) = &result.next {
+            next_state.product = Some(next.clone());
+        }
+        let mut commit =
+            self.base_commit(&stream, &state, &next_state, &logged, &claim, &result_json)?;
+        for t in &result.timers {
+            commit.timers.push(timer_write(&stream, t));
+        }
+        let reply = self
+            .commit(
+                &stream,
+                next_state.clone(),
+                commit,
+                result.status,
+                result_json,
+            )
+            .await?;
+        if let Some(product) = next_state.product {
+            self.inner.remember_product(tenant, product);
+        }
+        Ok(reply)
+    }
+
+    /// The log entry, snapshot and idempotency record every decision writes.
+    fn base_commit(
+        &self,
+        stream: &str,
+        before: &StreamState,
+        next: &StreamState,
+        logged: &LoggedDecision,
+        claim: &Option<KeyClaim>,
+        result_json: &serde_json::Value,
+    ) -> Result<Commit, Error> {
+        let mut commit = Commit::default();
+        commit.events.push(EventWrite {
+            stream: stream.to_owned(),
+            stream_version: next.log_version,
+            event_id: logged.ctx.event_id.clone(),
+            at_ms: logged.ctx.now.as_millisecond(),
+            body: serde_json::to_vec(logged).map_err(encode)?,
+        });
+        let every = self.inner.options.snapshot_every_events.max(1);
+        if next.log_version / every > before.log_version / every {
+            commit.snapshots.push(Snapshot {
+                stream: stream.to_owned(),
+                version: next.log_version,
+                body: snapshot_body(next)?,
+            });
+        }
+        if let Some(c) = claim {
+            let response = serde_json::json!({
+                "operation": c.operation,
+                "stream": stream,
+                "stream_version": next.log_version,
+                "result": result_json,
+            });
+            commit.idempotency.push(IdempotencyRecord {
+                tenant: c.tenant.clone(),
+                key: c.key.clone(),
+                operation: c.operation.to_owned(),
+                fingerprint: c.fingerprint,
+                response: serde_json::to_vec(&response).map_err(encode)?,
+                created_at_ms: logged.ctx.now.as_millisecond(),
+            });
+            if c.replaces_expired {
+                commit
+                    .idempotency_expired
+                    .push((c.tenant.clone(), c.key.clone()));
+            }
+        }
+        Ok(commit)
+    }
+
+    /// Commits, waits for the sync, and only then updates memory and answers.
+    async fn commit(
+        &mut self,
+        stream: &str,
+        next: StreamState,
+        commit: Commit,
+        status: EventStatus,
+        result_json: serde_json::Value,
+    ) -> Result<Reply, Error> {
+        let ack = match self.inner.store.commit(commit) {
+            Ok(ack) => ack,
+            Err(e) => return Err(e.into()),
+        };
+        let receipt = match ack.await {
+            Ok(Ok(receipt)) => receipt,
+            Ok(Err(e)) => {
+                self.forget(stream);
+                return Err(e.into());
+            }
+            Err(_) => {
+                self.forget(stream);
+                return Err(Error::ShuttingDown);
+            }
+        };
+        if let Some(state) = self.cache.get_mut(stream) {
+            *state = next;
+        }
+        Ok(Reply::new(
+            status,
+            result_json,
+            receipt.entries.first().copied(),
+            false,
+        ))
+    }
+
+    /// Parks an event whose decision panicked: logged in the review queue, nothing else changes.
+    async fn park(
+        &mut self,
+        tenant: &str,
+        stream: &str,
+        ctx: &EventContext,
+        input: Input,
+    ) -> Error {
+        let body = serde_json::json!({
+            "tenant": tenant,
+            "stream": stream,
+            "ctx": ctx,
+            "input": input,
+            "reason": "deciding this event panicked; the shard was restarted from the store",
+        });
+        let commit = Commit {
+            review: vec![VersionedWrite {
+                key: ctx.event_id.clone(),
+                expected_version: 0,
+                version: 1,
+                body: body.to_string().into_bytes(),
+            }],
+            ..Commit::default()
+        };
+        if let Ok(ack) = self.inner.store.commit(commit) {
+            let _ = ack.await;
+        }
+        Error::DecisionPanicked {
+            event_id: ctx.event_id.clone(),
+        }
+    }
+
+    /// The products a customer event reads, from the catalog held in memory or the store.
+    fn products_for(&mut self, tenant: &str, event: &CustomerEvent) -> Result<Vec<Product>, Error> {
+        let skus: Vec<&Sku> = match &event.kind {
+            EventKind::CustomerSubscribes { sku } => vec![sku],
+            EventKind::CustomerUpgrades { new_sku, .. } => vec![new_sku],
+            _ => Vec::new(),
+        };
+        let mut products = Vec::with_capacity(skus.len());
+        for sku in skus {
+            if let Some(p) = self.inner.product(tenant, sku)? {
+                products.push(p);
+            }
+        }
+        Ok(products)
+    }
+}
+
+pub(crate) fn customer_stream(tenant: &str, customer_id: &str) -> String {
+    format!("customer:{tenant}/{customer_id}")
+}
+
+pub(crate) fn product_stream(tenant: &str, sku: &str) -> String {
+    format!("product:{tenant}/{sku}")
+}
+
+fn timer_write(stream: &str, t: &TimerCommand) -> TimerWrite {
+    match t {
+        TimerCommand::Set { kind, due_at } => TimerWrite::Set {
+            stream: stream.to_owned(),
+            kind: kind.name().to_owned(),
+            due_at_ms: due_at.as_millisecond(),
+        },
+        TimerCommand::Cancel { kind } => TimerWrite::Cancel {
+            stream: stream.to_owned(),
+            kind: kind.name().to_owned(),
+        },
+    }
+}
+
+/// Which connector carries out an effect (SPEC 2.5).
+fn connector_for(kind: &marketgov_core::EffectKind) -> String {
+    use marketgov_core::EffectKind as K;
+    match kind {
+        K::Charge { .. } | K::Refund { .. } | K::Void { .. } => "payments",
+        K::Provision { .. } | K::Revoke { .. } => "fulfillment",
+        K::Escalate { .. } => "escalation",
+        _ => "notification",
+    }
+    .to_owned()
+}
+
+fn encode(e: serde_json::Error) -> Error {
+    Error::Replay {
+        location: "encoding".into(),
+        detail: e.to_string(),
+    }
+}

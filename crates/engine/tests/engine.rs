@@ -1,0 +1,428 @@
+//! The durable engine on the embedded store: restart equality, idempotency exactly as SPEC 1.4,
+//! supervision of a panicking decision, refusal when full, and a verifying audit log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+use marketgov_core::orchestrator::EventStatus;
+use marketgov_core::{CatalogCommand, CustomerEvent, Input};
+use marketgov_engine::{App, EngineOptions, Error, ManualClock};
+use marketgov_store::Store;
+use marketgov_store_sqlite::{FaultInjector, FaultMode};
+use serde_json::json;
+
+fn t0() -> Timestamp {
+    "2026-01-01T00:00:00Z".parse().unwrap()
+}
+
+fn options(dir: &std::path::Path, clock: &ManualClock) -> EngineOptions {
+    let mut o = EngineOptions::new(dir);
+    o.clock = Arc::new(clock.clone());
+    o.shards = 4;
+    o.snapshot_every_events = 3;
+    o.checkpoint_every_entries = 5;
+    o
+}
+
+fn event(value: serde_json::Value) -> CustomerEvent {
+    match Input::from_value(value).unwrap() {
+        Input::Customer(e) => e,
+        other => panic!("not a customer event: {other:?}"),
+    }
+}
+
+fn command(value: serde_json::Value) -> CatalogCommand {
+    match Input::from_value(value).unwrap() {
+        Input::Catalog(c) => c,
+        other => panic!("not a catalog command: {other:?}"),
+    }
+}
+
+async fn publish(app: &App, sku: &str, price: i64, requires_approval: bool) {
+    let r = app
+        .submit_catalog(
+            "t1",
+            None,
+            command(
+                json!({"type": "product_submitted", "sku": sku, "name": sku, "price": price,
+            "currency": "USD", "billing_period_days": 30, "requires_approval": requires_approval}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, EventStatus::Completed);
+    let r = app
+        .submit_catalog(
+            "t1",
+            None,
+            command(json!({"type": "product_published", "sku": sku, "expected_version": 1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, EventStatus::Completed, "{:?}", r.body);
+}
+
+fn subscribe(customer: &str, sku: &str) -> CustomerEvent {
+    event(json!({"type": "customer_subscribes", "customer_id": customer, "sku": sku}))
+}
+
+fn pay(customer: &str, amount: i64, id: &str) -> CustomerEvent {
+    event(
+        json!({"type": "payment_processed", "customer_id": customer, "amount": amount, "currency": "USD", "payment_id": id}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_after_restart_equals_state_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(t0());
+    let before = {
+        let app = App::open(options(dir.path(), &clock)).unwrap();
+        publish(&app, "pro", 2000, false).await;
+        publish(&app, "gated", 5000, true).await;
+        for c in ["c1", "c2", "c3"] {
+            app.submit_event(
+                "t1",
+                Some(&format!("sub-{c}")),
+                subscribe(c, if c == "c3" { "gated" } else { "pro" }),
+            )
+            .await
+            .unwrap();
+        }
+        app.submit_event("t1", Some("pay-c1"), pay("c1", 2000, "p1"))
+            .await
+            .unwrap();
+        for n in 0..5 {
+            let usage = event(
+                json!({"type": "usage_exceeds_quota", "customer_id": "c1", "resource": "api", "current_usage": 500 + n * 200, "limit": 1000}),
+            );
+            app.submit_event("t1", None, usage).await.unwrap();
+        }
+        let mut states = Vec::new();
+        for c in ["c1", "c2", "c3"] {
+            states.push(app.customer("t1", c).await.unwrap().unwrap());
+        }
+        states
+    };
+    // Give the dropped shards a moment to release the store (the lock is per process, but the
+    // writer thread ends when the last handle goes).
+    let app = reopen(dir.path(), &clock).await;
+    for (c, expected) in ["c1", "c2", "c3"].iter().zip(before) {
+        assert_eq!(app.customer("t1", c).await.unwrap(), Some(expected), "{c}");
+    }
+    let timers = app.store().due_timers(i64::MAX, 10).unwrap();
+    assert!(
+        timers
+            .iter()
+            .any(|t| t.stream == "customer:t1/c3" && t.kind == "approval_escalation"),
+        "{timers:?}"
+    );
+    let report = app.audit_verify().unwrap();
+    assert!(report.ok && report.entries > 0, "{report:?}");
+}
+
+async fn reopen(dir: &std::path::Path, clock: &ManualClock) -> App {
+    for _ in 0..100 {
+        match App::open(options(dir, clock)) {
+            Ok(app) => return app,
+            Err(Error::Store(marketgov_store::Error::Unavailable(_))) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the store was never released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_with_the_same_key_replays_the_first_result_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(t0());
+    let app = App::open(options(dir.path(), &clock)).unwrap();
+    publish(&app, "pro", 2000, false).await;
+    let first = app
+        .submit_event("t1", Some("k-sub"), subscribe("c1", "pro"))
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    let events_before = app.store().stats().unwrap().events;
+    let again = app
+        .submit_event("t1", Some("k-sub"), subscribe("c1", "pro"))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.body, first.body, "identical body, receipt included");
+    assert_eq!(
+        app.store().stats().unwrap().events,
+        events_before,
+        "nothing new logged"
+    );
+    assert!(first.body["receipt"]["seq"].as_u64().is_some());
+
+    // Other content, or another operation, with the same key: an error that changes nothing.
+    assert!(matches!(
+        app.submit_event("t1", Some("k-sub"), subscribe("c2", "pro"))
+            .await,
+        Err(Error::KeyReused { .. })
+    ));
+    let cmd = command(json!({"type": "product_deprecated", "sku": "pro", "expected_version": 2}));
+    assert!(matches!(
+        app.submit_catalog("t1", Some("k-sub"), cmd).await,
+        Err(Error::KeyReused { .. })
+    ));
+    assert_eq!(app.customer("t1", "c2").await.unwrap(), None);
+    // Keys are scoped per tenant.
+    publish_for(&app, "t2").await;
+    let other = app
+        .submit_event("t2", Some("k-sub"), subscribe("c1", "pro"))
+        .await
+        .unwrap();
+    assert!(!other.replayed);
+    // Oversized keys are refused.
+    assert!(matches!(
+        app.submit_event("t1", Some(&"k".repeat(256)), subscribe("c9", "pro"))
+            .await,
+        Err(Error::BadKey)
+    ));
+}
+
+async fn publish_for(app: &App, tenant: &str) {
+    app.submit_catalog(
+        tenant,
+        None,
+        command(
+            json!({"type": "product_submitted", "sku": "pro", "name": "Pro", "price": 2000,
+        "currency": "USD", "billing_period_days": 30}),
+        ),
+    )
+    .await
+    .unwrap();
+    app.submit_catalog(
+        tenant,
+        None,
+        command(json!({"type": "product_published", "sku": "pro", "expected_version": 1})),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_key_runs_again_and_invalid_input_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(t0());
+    let app = App::open(options(dir.path(), &clock)).unwrap();
+    publish(&app, "pro", 2000, false).await;
+    app.submit_event("t1", Some("k"), pay("c1", 100, "p1"))
+        .await
+        .unwrap();
+    clock.set(Timestamp::from_second(t0().as_second() + 24 * 3600).unwrap());
+    let reused = app
+        .submit_event("t1", Some("k"), pay("c1", 200, "p2"))
+        .await
+        .unwrap();
+    assert!(
+        !reused.replayed,
+        "the 24 h window has passed: the key is free again"
+    );
+    assert_eq!(
+        app.customer("t1", "c1")
+            .await
+            .unwrap()
+            .unwrap()
+            .billing
+            .credit,
+        300
+    );
+
+    // Invalid input is refused before the key is remembered; the corrected retry runs.
+    let mut bad = pay("c2", 5, "p3");
+    if let marketgov_core::EventKind::PaymentProcessed { amount, .. } = &mut bad.kind {
+        *amount = -5;
+    }
+    assert!(matches!(
+        app.submit_event("t1", Some("k2"), bad).await,
+        Err(Error::Invalid(_))
+    ));
+    let ok = app
+        .submit_event("t1", Some("k2"), pay("c2", 5, "p3"))
+        .await
+        .unwrap();
+    assert!(!ok.replayed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_failure_is_not_remembered_and_a_retry_after_restart_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(t0());
+    {
+        let mut o = options(dir.path(), &clock);
+        o.store_fault = Some(FaultInjector::fail_batch(3, FaultMode::LostSync));
+        let app = App::open(o).unwrap();
+        publish(&app, "pro", 2000, false).await; // batches 1 and 2
+        let failed = app
+            .submit_event("t1", Some("k"), subscribe("c1", "pro"))
+            .await;
+        assert!(matches!(failed, Err(Error::Store(_))), "{failed:?}");
+        // Fail-stop: the engine accepts nothing more until restarted.
+        assert!(app
+            .submit_event("t1", Some("k-other"), subscribe("c2", "pro"))
+            .await
+            .is_err());
+    }
+    let app = reopen(dir.path(), &clock).await;
+    let retry = app
+        .submit_event("t1", Some("k"), subscribe("c1", "pro"))
+        .await
+        .unwrap();
+    assert!(!retry.replayed, "the failure was not remembered");
+    assert_eq!(retry.status, EventStatus::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the gate blocks the shard thread on purpose while the test goes on
+async fn a_request_with_a_key_in_flight_is_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(t0());
+    let gate = Arc::new(Mutex::new(()));
+    let held = gate.lock().unwrap();
+    let entered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut o = options(dir.path(), &clock);
+    let (hook_gate, hook_entered) = (gate.clone(), entered.clone());
+    o.decide_hook = Some(Arc::new(move |e: &CustomerEvent| {
+        if e.customer_id.as_str() == "slow" {
+            hook_entered.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _wait = hook_gate.lock();
+        }
+    }));
+    let app = App::open(o).unwrap();
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.submit_event("t1", Some("same"), pay("slow", 1, "p"))
+                .await
+        })
+    };
+    // Wait until the first request is being decided (it holds the key), then send the second.
+    while !entered.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let second = app
+        .submit_event("t1", Some("same"), pay("slow", 1, "p"))
+        .await;
+    assert!(
+        matches!(second, Err(Error::KeyInFlight { .. })),
+        "{second:?}"
+    );
+    drop(held);
+    let first = first.await.unwrap().unwrap();
+    assert!(!first.replayed);
+    let third = app
+        .submit_event("t1", Some("same"), pay("slow", 1, "p"))
+        .await
+        .unwrap();
+    assert!(third.replayed, "once done, the key replays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_decision_is_parked_and_other_customers_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(t0());
+    let mut o = options(dir.path(), &clock);
+    o.shards = 1; // everyone shares the shard that panics
+    o.decide_hook = Some(Arc::new(|e: &CustomerEvent| {
+        if e.customer_id.as_str() == "boom"
+            && matches!(
+                e.kind,
+                marketgov_core::EventKind::PaymentProcessed { amount: 13, .. }
+            )
+        {
+            panic!("injected panic while deciding");
+        }
+    }));
+    let app = App::open(o).unwrap();
+    publish(&app, "pro", 2000, false).await;
+    app.submit_event("t1", None, pay("boom", 1, "ok-1"))
+        .await
+        .unwrap();
+    let parked = app
+        .submit_event("t1", Some("k-boom"), pay("boom", 13, "bad"))
+        .await;
+    let Err(Error::DecisionPanicked { event_id }) = parked else {
+        panic!("{parked:?}")
+    };
+    let review = app
+        .store()
+        .versioned(marketgov_store::VersionedTable::Review, &event_id)
+        .unwrap();
+    assert!(review.is_some(), "parked in the review queue");
+    // Other customers on the same shard are served; the panicking one too, from the store.
+    let other = app
+        .submit_event("t1", None, subscribe("calm", "pro"))
+        .await
+        .unwrap();
+    assert_eq!(other.status, EventStatus::Completed);
+    let boom = app.customer("t1", "boom").await.unwrap().unwrap();
+    assert_eq!(
+        boom.billing.credit, 1,
+        "the panicking event changed nothing"
+    );
+    // The key was not remembered: a retry is decided again.
+    assert!(matches!(
+        app.submit_event("t1", Some("k-boom"), pay("boom", 13, "bad"))
+            .await,
+        Err(Error::DecisionPanicked { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the gate blocks the shard thread on purpose while the test goes on
+async fn a_full_shard_refuses_instead_of_queueing_without_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(t0());
+    let gate = Arc::new(Mutex::new(()));
+    let held = gate.lock().unwrap();
+    let entered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut o = options(dir.path(), &clock);
+    o.shards = 1;
+    o.shard_queue_max = 2;
+    let (hook_gate, hook_entered) = (gate.clone(), entered.clone());
+    o.decide_hook = Some(Arc::new(move |_: &CustomerEvent| {
+        hook_entered.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _wait = hook_gate.lock();
+    }));
+    let app = App::open(o).unwrap();
+    let spawn = |i: usize| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.submit_event("t1", None, pay(&format!("c{i}"), 1, "p"))
+                .await
+        })
+    };
+    // One request is being decided (and blocked), so the shard takes no more from its queue.
+    let mut handles = vec![spawn(0)];
+    while !entered.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    handles.extend((1..10).map(spawn));
+    // Two fit in the queue; the other seven are refused at once.
+    while handles.iter().filter(|h| h.is_finished()).count() < 7 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    drop(held);
+    let mut ok = 0;
+    let mut refused = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(Error::Overloaded(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        (ok, refused),
+        (3, 7),
+        "one in progress, two queued, the rest refused"
+    );
+}
