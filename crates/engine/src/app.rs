@@ -182,6 +182,11 @@ impl App {
         })
     }
 
+    /// The injected clock.
+    pub fn clock(&self) -> &dyn crate::Clock {
+        self.inner.options.clock.as_ref()
+    }
+
     /// The store (for front ends' queries and tests).
     pub fn store(&self) -> &SqliteStore {
         &self.inner.store

@@ -8,6 +8,11 @@ use jiff::Timestamp;
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Now.
     fn now(&self) -> Timestamp;
+
+    /// Moves the clock, if it can be moved (only a manual clock can); answers whether it moved.
+    fn set_to(&self, _to: Timestamp) -> bool {
+        false
+    }
 }
 
 /// The system's clock.
@@ -45,5 +50,10 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         self.now.lock().map(|t| *t).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    fn set_to(&self, to: Timestamp) -> bool {
+        self.set(to);
+        true
     }
 }

@@ -14,6 +14,7 @@ mod clock;
 mod keys;
 mod shard;
 mod stream;
+mod timers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub use app::{App, ReceiptView, Reply};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use keys::AUDIT_KEY_FILE;
 pub use stream::LoggedDecision;
+pub use timers::{FIRINGS_PER_CALL_MAX, TIMERS_PER_ROUND_MAX};
 
 use marketgov_core::InputError;
 

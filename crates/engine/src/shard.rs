@@ -169,6 +169,21 @@ impl Shard {
         for t in &result.timers {
             commit.timers.push(timer_write(&stream, t));
         }
+        if let (EventKind::TimerFired { timer, .. }, false) = (&event.kind, result.status.applies())
+        {
+            // A stored timer the customer no longer has pending (refused as stale) is removed,
+            // or it would stay due forever.
+            let pending = state
+                .customer
+                .as_ref()
+                .is_some_and(|c| c.timers.contains_key(timer));
+            if !pending {
+                commit.timers.push(TimerWrite::Cancel {
+                    stream: stream.clone(),
+                    kind: timer.name().to_owned(),
+                });
+            }
+        }
         for e in &result.effects {
             commit.outbox.push(OutboxWrite {
                 effect_key: e.idempotency_key.clone(),
@@ -207,7 +222,7 @@ impl Shard {
             stream: stream.clone(),
             idempotency_key: claim.as_ref().map(|c| c.key.clone()),
             ctx: ctx.clone(),
-            input: serde_json::to_value(Input::Catalog(command)).map_err(encode)?,
+            input: serde_json::to_value(Input::Catalog(command.clone())).map_err(encode)?,
             products: Vec::new(),
             status: result.status,
             result: result_json.clone(),
@@ -221,6 +236,15 @@ impl Shard {
             self.base_commit(&stream, &state, &next_state, &logged, &claim, &result_json)?;
         for t in &result.timers {
             commit.timers.push(timer_write(&stream, t));
+        }
+        if let (CatalogCommand::TimerFired { timer, .. }, EventStatus::Rejected) =
+            (&command, result.status)
+        {
+            // A stored timer the product no longer has pending is removed, or it stays due forever.
+            commit.timers.push(TimerWrite::Cancel {
+                stream: stream.clone(),
+                kind: timer.name().to_owned(),
+            });
         }
         let reply = self
             .commit(

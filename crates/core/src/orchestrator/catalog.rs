@@ -107,7 +107,16 @@ pub fn decide_catalog(
                     kind,
                 })
                 .collect(),
-            timers: d.timers,
+            timers: if matches!(command, CatalogCommand::TimerFired { .. }) {
+                // The firing consumes the stored timer.
+                let mut timers = d.timers;
+                timers.push(TimerCommand::Cancel {
+                    kind: TimerKind::PriceChangeEffective,
+                });
+                timers
+            } else {
+                d.timers
+            },
             next: Some(d.next),
         },
         Ok(Verdict::Changed(d)) => rejected(

@@ -1,0 +1,123 @@
+//! The timer service: stored deadlines fired through the ordinary decision path.
+//!
+//! A firing is an event like any other (written to the log); the core refuses one that does not
+//! match a pending timer, and the commit that applies it removes the stored row, so each timer's
+//! transition happens once. Timers due while the process was down fire at once on start.
+
+use jiff::Timestamp;
+use marketgov_core::ids::{CustomerId, Sku};
+use marketgov_core::timers::TimerKind;
+use marketgov_core::{CatalogCommand, CustomerEvent, EventKind};
+use marketgov_store::{Store, TimerRow};
+
+use crate::{App, Error};
+
+/// Timers read from the store per round.
+pub const TIMERS_PER_ROUND_MAX: usize = 256;
+/// Firings one call may make at most: a bound against a timer that re-arms itself at once.
+pub const FIRINGS_PER_CALL_MAX: usize = 100_000;
+
+impl App {
+    /// Fires every timer due at or before the clock's now, earliest first. Returns how many fired.
+    pub async fn fire_due_timers(&self) -> Result<usize, Error> {
+        let now = self.clock().now();
+        self.fire_until(now, false).await
+    }
+
+    /// Moves a manual clock to `to`, firing every timer due on the way at its own deadline, and
+    /// returns once all of them are committed. Refused for the system clock.
+    pub async fn advance_clock_to(&self, to: Timestamp) -> Result<usize, Error> {
+        if !self.clock().set_to(self.clock().now()) {
+            return Err(Error::Setup("the clock is not manual".into()));
+        }
+        let fired = self.fire_until(to, true).await?;
+        self.clock().set_to(to);
+        Ok(fired)
+    }
+
+    async fn fire_until(&self, until: Timestamp, step_clock: bool) -> Result<usize, Error> {
+        let mut fired = 0;
+        while fired < FIRINGS_PER_CALL_MAX {
+            let due = self
+                .store()
+                .due_timers(until.as_millisecond(), TIMERS_PER_ROUND_MAX)?;
+            if due.is_empty() {
+                break;
+            }
+            let mut progressed = false;
+            for row in due {
+                let Ok(due_at) = Timestamp::from_millisecond(row.due_at_ms) else {
+                    continue;
+                };
+                if step_clock && due_at > self.clock().now() {
+                    // Fire at the deadline, like a process that was running all along.
+                    self.clock().set_to(due_at);
+                }
+                if self.fire(&row, due_at).await? {
+                    progressed = true;
+                }
+                fired += 1;
+            }
+            if !progressed {
+                // Nothing could be fired (all refused and removed, or unknown): stop, never spin.
+                break;
+            }
+        }
+        Ok(fired)
+    }
+
+    /// Fires one stored timer; answers whether the store changed.
+    async fn fire(&self, row: &TimerRow, due_at: Timestamp) -> Result<bool, Error> {
+        let Some(timer) = TimerKind::ALL.into_iter().find(|k| k.name() == row.kind) else {
+            return self.drop_timer(row).await;
+        };
+        if let Some((tenant, id)) = row
+            .stream
+            .strip_prefix("customer:")
+            .and_then(|s| s.split_once('/'))
+        {
+            let Ok(customer_id) = CustomerId::new(id) else {
+                return self.drop_timer(row).await;
+            };
+            let event = CustomerEvent {
+                customer_id,
+                occurred_at: None,
+                kind: EventKind::TimerFired { timer, due_at },
+            };
+            self.submit_event(tenant, None, event).await?;
+            return Ok(true);
+        }
+        if let Some((tenant, sku)) = row
+            .stream
+            .strip_prefix("product:")
+            .and_then(|s| s.split_once('/'))
+        {
+            let Ok(sku) = Sku::new(sku) else {
+                return self.drop_timer(row).await;
+            };
+            self.submit_catalog(
+                tenant,
+                None,
+                CatalogCommand::TimerFired { sku, timer, due_at },
+            )
+            .await?;
+            return Ok(true);
+        }
+        self.drop_timer(row).await
+    }
+
+    /// Removes a stored timer nothing can fire (an unknown kind or stream): logged as refused by
+    /// nobody, it would otherwise stay due forever.
+    async fn drop_timer(&self, row: &TimerRow) -> Result<bool, Error> {
+        let commit = marketgov_store::Commit {
+            timers: vec![marketgov_store::TimerWrite::Cancel {
+                stream: row.stream.clone(),
+                kind: row.kind.clone(),
+            }],
+            ..Default::default()
+        };
+        let ack = self.store().commit(commit)?;
+        ack.await.map_err(|_| Error::ShuttingDown)??;
+        Ok(true)
+    }
+}
