@@ -75,6 +75,7 @@ impl Reply {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub store: Arc<SqliteStore>,
+    pub sandbox: crate::Sandbox,
     pub options: EngineOptions,
     /// Products by (tenant, sku), as last committed.
     pub catalog: RwLock<HashMap<(String, Sku), Product>>,
@@ -157,8 +158,10 @@ impl App {
         let mut nonce = [0u8; 8];
         getrandom::getrandom(&mut nonce)
             .map_err(|e| Error::Setup(format!("no random source: {e}")))?;
+        let sandbox = crate::Sandbox::open(&options.data_dir)?;
         let inner = Arc::new(Inner {
             store,
+            sandbox,
             options: options.clone(),
             catalog: RwLock::new(HashMap::new()),
             issued: std::sync::atomic::AtomicU64::new(0),
@@ -185,6 +188,11 @@ impl App {
     /// The injected clock.
     pub fn clock(&self) -> &dyn crate::Clock {
         self.inner.options.clock.as_ref()
+    }
+
+    /// The sandbox connector and its ledger.
+    pub fn sandbox(&self) -> &crate::Sandbox {
+        &self.inner.sandbox
     }
 
     /// The store (for front ends' queries and tests).

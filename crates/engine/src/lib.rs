@@ -11,6 +11,7 @@
 
 mod app;
 mod clock;
+mod effects;
 mod keys;
 mod shard;
 mod stream;
@@ -21,6 +22,10 @@ use std::sync::Arc;
 
 pub use app::{App, ReceiptView, Reply};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use effects::{
+    Outcome as SandboxOutcome, Sandbox, EFFECTS_PER_ROUND_MAX, EFFECT_ATTEMPTS_MAX,
+    SANDBOX_LEDGER_FILE,
+};
 pub use keys::AUDIT_KEY_FILE;
 pub use stream::LoggedDecision;
 pub use timers::{FIRINGS_PER_CALL_MAX, TIMERS_PER_ROUND_MAX};
