@@ -4,6 +4,7 @@
 //! 1 a command failed (the message says why), 2 bad usage (clap's own code).
 
 mod demo;
+mod ingest;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,37 @@ enum Command {
     Governors {
         #[command(subcommand)]
         command: GovernorsCommand,
+    },
+    /// Decides inputs given as JSON lines on stdin on the durable store, acknowledging each once synced.
+    Ingest {
+        /// The data directory.
+        #[arg(long, default_value = "./marketgov-data", env = "MARKETGOV_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Inputs decided concurrently.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// The tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verifies the hash chain and the signed checkpoints; exits 1 and names the first bad position
+    /// when anything was changed, removed, reordered or inserted.
+    Verify {
+        /// The data directory.
+        #[arg(long, default_value = "./marketgov-data", env = "MARKETGOV_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Prints the public key that verifies the checkpoints (hex).
+    PublicKey {
+        /// The data directory.
+        #[arg(long, default_value = "./marketgov-data", env = "MARKETGOV_DATA_DIR")]
+        data_dir: PathBuf,
     },
 }
 
@@ -71,6 +103,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// Opens an existing data directory (refusing to create one where none is).
+fn open_existing(data_dir: &std::path::Path) -> anyhow::Result<marketgov_engine::App> {
+    if !data_dir.join(marketgov_engine::AUDIT_KEY_FILE).exists() {
+        anyhow::bail!(
+            "{} holds no marketgov data (no {})",
+            data_dir.display(),
+            marketgov_engine::AUDIT_KEY_FILE
+        );
+    }
+    Ok(marketgov_engine::App::open(
+        marketgov_engine::EngineOptions::new(data_dir),
+    )?)
+}
+
+fn audit_verify(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let _guard = runtime.enter();
+    let app = open_existing(data_dir)?;
+    let report = app.audit_verify()?;
+    println!("{}", serde_json::to_string(&report)?);
+    match report.first_bad {
+        None => Ok(()),
+        Some(bad) => anyhow::bail!(
+            "audit log fails at entry {}: {}",
+            bad.seq,
+            bad.reason.name()
+        ),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo { json } => demo::run(json, &mut std::io::stdout().lock()),
@@ -82,6 +146,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 DiagramFormat::Dot => diagram::Format::Dot,
             };
             print!("{}", diagram::governors(format));
+            Ok(())
+        }
+        Command::Ingest {
+            data_dir,
+            concurrency,
+        } => ingest::run(data_dir, concurrency),
+        Command::Audit {
+            command: AuditCommand::Verify { data_dir },
+        } => audit_verify(&data_dir),
+        Command::Audit {
+            command: AuditCommand::PublicKey { data_dir },
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let _guard = runtime.enter();
+            let app = open_existing(&data_dir)?;
+            println!("{}", app.audit_public_key()?);
             Ok(())
         }
         Command::Governors {

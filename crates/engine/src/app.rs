@@ -82,6 +82,10 @@ pub(crate) struct Inner {
     /// Event ids issued, to keep them unique within one instant.
     pub issued: std::sync::atomic::AtomicU64,
     pub node_nonce: u64,
+    /// One outbox executor at a time per process.
+    pub effects_running: tokio::sync::Mutex<()>,
+    /// One timer round at a time per process.
+    pub timers_running: tokio::sync::Mutex<()>,
 }
 
 impl Inner {
@@ -166,6 +170,8 @@ impl App {
             catalog: RwLock::new(HashMap::new()),
             issued: std::sync::atomic::AtomicU64::new(0),
             node_nonce: u64::from_le_bytes(nonce),
+            effects_running: tokio::sync::Mutex::new(()),
+            timers_running: tokio::sync::Mutex::new(()),
         });
         let mut shards = Vec::with_capacity(options.shards.max(1));
         for _ in 0..options.shards.max(1) {
@@ -183,6 +189,10 @@ impl App {
             shards: Arc::new(shards),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// The injected clock.

@@ -145,6 +145,7 @@ impl App {
     /// Carries out every effect ready now; returns how many rows were settled (done, retried or
     /// given up).
     pub async fn run_effects(&self) -> Result<usize, Error> {
+        let _one_executor = self.inner().effects_running.lock().await;
         let now_ms = self.clock().now().as_millisecond();
         let rows = self.store().ready_outbox(now_ms, EFFECTS_PER_ROUND_MAX)?;
         let mut settled = 0;

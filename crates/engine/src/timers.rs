@@ -36,6 +36,7 @@ impl App {
     }
 
     async fn fire_until(&self, until: Timestamp, step_clock: bool) -> Result<usize, Error> {
+        let _one_round = self.inner().timers_running.lock().await;
         let mut fired = 0;
         while fired < FIRINGS_PER_CALL_MAX {
             let due = self
