@@ -117,13 +117,21 @@ fn open_existing(data_dir: &std::path::Path) -> anyhow::Result<marketgov_engine:
     )?)
 }
 
+/// Verifies a stopped store's audit log. The store is opened without its own tail check, so that
+/// what is wrong is named by the verifier (position and reason) instead of refusing to open.
 fn audit_verify(data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let _guard = runtime.enter();
-    let app = open_existing(data_dir)?;
-    let report = app.audit_verify()?;
+    if !data_dir.join(marketgov_engine::AUDIT_KEY_FILE).exists() {
+        anyhow::bail!(
+            "{} holds no marketgov data (no {})",
+            data_dir.display(),
+            marketgov_engine::AUDIT_KEY_FILE
+        );
+    }
+    let public_key = marketgov_engine::audit_signer(data_dir)?.public_key();
+    let mut options = marketgov_store_sqlite::Options::new(data_dir);
+    options.verify_tail_entries = 0;
+    let store = marketgov_store_sqlite::SqliteStore::open(options)?;
+    let report = marketgov_engine::verify_store(&store, &public_key)?;
     println!("{}", serde_json::to_string(&report)?);
     match report.first_bad {
         None => Ok(()),

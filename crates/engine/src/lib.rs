@@ -20,13 +20,13 @@ mod timers;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use app::{App, ReceiptView, Reply};
+pub use app::{verify_store, App, ReceiptView, Reply};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use effects::{
     Outcome as SandboxOutcome, Sandbox, EFFECTS_PER_ROUND_MAX, EFFECT_ATTEMPTS_MAX,
     SANDBOX_LEDGER_FILE,
 };
-pub use keys::AUDIT_KEY_FILE;
+pub use keys::{load_or_create as audit_signer, AUDIT_KEY_FILE};
 pub use stream::LoggedDecision;
 pub use timers::{FIRINGS_PER_CALL_MAX, TIMERS_PER_ROUND_MAX};
 
