@@ -1,24 +1,35 @@
-//! `marketgov demo`: a scripted marketplace week through the governors, printed event by event.
+//! `marketgov demo`: a scripted marketplace week on the durable engine, printed from the log.
 //!
-//! It runs on the core's in-memory timeline: every decision is the real core's, but nothing is
-//! stored. (The durable engine, when it exists, takes this command over.)
+//! It runs on a fresh embedded store (a temporary directory unless `--data-dir` is given) with a
+//! manual clock that the script moves; timers fire at their deadlines and the sandbox connector
+//! answers charges (customers whose id ends in `-declined` are declined). What is printed is read
+//! back from the durable log, so it shows every decision: the script's events, timer firings and
+//! the connector's results. It ends with an audit verification and a replay of the whole log
+//! through the pure core, which must rebuild the same state.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use anyhow::{bail, Context as _};
 use jiff::{SignedDuration, Timestamp};
 use marketgov_core::orchestrator::{CatalogResult, EventResult, Outcome};
-use marketgov_core::timeline::{Decided, Timeline};
-use marketgov_core::{EffectKind, EventKind, Input};
+use marketgov_core::timeline::Timeline;
+use marketgov_core::{EffectKind, Input};
+use marketgov_engine::{App, Clock, EngineOptions, LoggedDecision, ManualClock};
+use marketgov_store::Store;
 use serde_json::{json, Value};
 
 /// One line of the script.
 enum Step {
     /// Print a heading.
     Say(&'static str),
-    /// Send an input.
+    /// Send an input, then let the connectors answer.
     Send(Value),
+    /// Send an input and leave its effects queued (a charge still in flight at the next step).
+    SendHeld(Value),
     /// Let time pass (timers fire on the way).
     Wait(SignedDuration),
 }
@@ -49,6 +60,13 @@ fn event(customer: &str, kind: &str, fields: Value) -> Step {
     Step::Send(body)
 }
 
+fn held(step: Step) -> Step {
+    match step {
+        Step::Send(value) => Step::SendHeld(value),
+        other => other,
+    }
+}
+
 fn script(start: Timestamp) -> Vec<Step> {
     let mins = |n: i64| SignedDuration::from_mins(n);
     let hours = |n: i64| SignedDuration::from_hours(n);
@@ -71,193 +89,268 @@ fn script(start: Timestamp) -> Vec<Step> {
         json!({"type": "product_published", "sku": "scale", "expected_version": 1}),
     ));
     s.extend([
-        Step::Say("Monday 09:00: customers arrive"),
+        Step::Say("Monday 09:00: customers arrive; the sandbox payment connector answers each charge"),
         event("acme", "customer_subscribes", json!({"sku": "starter"})),
-        event(
-            "acme",
-            "payment_processed",
-            json!({"amount": 1900, "currency": "USD", "payment_id": "pay-acme-1"}),
-        ),
-        Step::Say("The processor delivers the same payment twice, then once with another amount"),
-        event(
-            "acme",
-            "payment_processed",
-            json!({"amount": 1900, "currency": "USD", "payment_id": "pay-acme-1"}),
-        ),
-        event(
-            "acme",
-            "payment_processed",
-            json!({"amount": 1000, "currency": "USD", "payment_id": "pay-acme-1"}),
-        ),
-        event(
-            "globex",
-            "customer_subscribes",
-            json!({"sku": "enterprise"}),
-        ),
-        event("initech", "customer_subscribes", json!({"sku": "growth"})),
-        event(
-            "initech",
-            "payment_failed",
-            json!({"reason": "card_declined", "payment_id": "pay-initech-1"}),
-        ),
+        event("globex", "customer_subscribes", json!({"sku": "enterprise"})),
+        event("initech-declined", "customer_subscribes", json!({"sku": "growth"})),
         event("umbrella", "customer_subscribes", json!({"sku": "growth"})),
-        event(
-            "umbrella",
-            "payment_processed",
-            json!({"amount": 4900, "currency": "USD", "payment_id": "pay-umbrella-1"}),
-        ),
         event("hooli", "customer_subscribes", json!({"sku": "starter"})),
-        event(
-            "hooli",
-            "payment_processed",
-            json!({"amount": 1900, "currency": "USD", "payment_id": "pay-hooli-1"}),
-        ),
+        Step::Say("A bank transfer arrives twice, then once more with another amount"),
+        event("acme", "payment_processed", json!({"amount": 500, "currency": "USD", "payment_id": "wire-acme-1"})),
+        event("acme", "payment_processed", json!({"amount": 500, "currency": "USD", "payment_id": "wire-acme-1"})),
+        event("acme", "payment_processed", json!({"amount": 1000, "currency": "USD", "payment_id": "wire-acme-1"})),
         Step::Wait(mins(30)),
         Step::Say("Usage climbs past the quota; quota and tenant slot must agree"),
-        event(
-            "acme",
-            "usage_exceeds_quota",
-            json!({"resource": "api_calls", "current_usage": 8_500, "limit": 10_000}),
-        ),
-        event(
-            "acme",
-            "usage_exceeds_quota",
-            json!({"resource": "api_calls", "current_usage": 12_500, "limit": 10_000}),
-        ),
-        Step::Say(
-            "Umbrella renews early; risk suspends it for fraud while the charge is in flight",
-        ),
-        event(
-            "umbrella",
-            "renewal_due",
-            json!({"subscription_id": "sub-1"}),
-        ),
-        event(
-            "umbrella",
-            "manual_suspension",
-            json!({"reason": "fraud: stolen identity", "actor": "risk-team"}),
-        ),
+        event("acme", "usage_exceeds_quota", json!({"resource": "api_calls", "current_usage": 8_500, "limit": 10_000})),
+        event("acme", "usage_exceeds_quota", json!({"resource": "api_calls", "current_usage": 12_500, "limit": 10_000})),
+        Step::Say("Umbrella's renewal is charged; risk suspends it for fraud before the charge settles"),
+        held(event("umbrella", "renewal_due", json!({"subscription_id": "sub-1"}))),
+        event("umbrella", "manual_suspension", json!({"reason": "fraud: stolen identity", "actor": "risk-team"})),
         Step::Say("Two plan changes for hooli race; the later one wins"),
-        event(
-            "hooli",
-            "customer_upgrades",
-            json!({"old_sku": "starter", "new_sku": "scale",
-            "occurred_at": (start + mins(31)).to_string()}),
-        ),
-        event(
-            "hooli",
-            "customer_upgrades",
-            json!({"old_sku": "starter", "new_sku": "growth",
-            "occurred_at": (start + mins(30)).to_string()}),
-        ),
-        Step::Say("Time passes: retries, escalations, the 72 h suspension deadline"),
-        Step::Wait(hours(2)),
-        event(
-            "initech",
-            "payment_failed",
-            json!({"reason": "card_declined", "payment_id": "pay-initech-2"}),
-        ),
-        Step::Wait(hours(3)),
-        event(
-            "initech",
-            "payment_processed",
-            json!({"amount": 4900, "currency": "USD", "payment_id": "pay-initech-3"}),
-        ),
+        event("hooli", "customer_upgrades", json!({"old_sku": "starter", "new_sku": "scale",
+            "occurred_at": (start + mins(31)).to_string()})),
+        event("hooli", "customer_upgrades", json!({"old_sku": "starter", "new_sku": "growth",
+            "occurred_at": (start + mins(30)).to_string()})),
+        Step::Say("Time passes: initech's charge retries, globex's approval escalations"),
+        Step::Wait(hours(5)),
+        Step::Say("Initech pays by bank transfer; the retries stop"),
+        event("initech-declined", "payment_processed", json!({"amount": 4900, "currency": "USD", "payment_id": "wire-initech-1"})),
+        Step::Say("Three days pass: globex is approved automatically, umbrella's suspension ends in a refund"),
         Step::Wait(hours(70)),
-        Step::Say(
-            "Mid-period: acme upgrades with proration, pays, and later cancels at period end",
-        ),
+        Step::Say("Mid-period: acme upgrades with proration, and later cancels at period end"),
         Step::Wait(hours(24 * 11)),
-        event(
-            "acme",
-            "customer_upgrades",
-            json!({"old_sku": "starter", "new_sku": "growth"}),
-        ),
-        event(
-            "acme",
-            "payment_processed",
-            json!({"amount": 1586, "currency": "USD", "payment_id": "pay-acme-2"}),
-        ),
-        event(
-            "acme",
-            "customer_cancels",
-            json!({"reason": "moving to annual billing"}),
-        ),
+        event("acme", "customer_upgrades", json!({"old_sku": "starter", "new_sku": "growth"})),
+        Step::Wait(mins(1)),
+        event("acme", "customer_cancels", json!({"reason": "moving to annual billing"})),
         Step::Wait(hours(24 * 16)),
     ]);
     s
 }
 
 /// Runs the demo, writing to `out`.
-pub fn run(json_lines: bool, out: &mut impl Write) -> anyhow::Result<()> {
+pub fn run(
+    json_lines: bool,
+    data_dir: Option<PathBuf>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let start: Timestamp = "2026-03-02T09:00:00Z".parse().context("demo start time")?;
-    let mut timeline = Timeline::starting_at(start);
-    let mut tally = Tally::default();
+    let (dir, temporary) = match data_dir {
+        Some(dir) => (dir, false),
+        None => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            (
+                std::env::temp_dir().join(format!("marketgov-demo-{}-{nanos}", std::process::id())),
+                true,
+            )
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let outcome = runtime.block_on(run_on(json_lines, &dir, start, out));
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    outcome
+}
+
+async fn run_on(
+    json_lines: bool,
+    dir: &std::path::Path,
+    start: Timestamp,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let clock = ManualClock::starting_at(start);
+    let mut options = EngineOptions::new(dir);
+    options.clock = Arc::new(clock.clone());
+    options.checkpoint_every_entries = 16;
+    let app = App::open(options).with_context(|| format!("opening {}", dir.display()))?;
+    let mut printer = Printer {
+        json_lines,
+        next_seq: app.store().head_seq() + 1,
+        tally: Tally::default(),
+    };
     if !json_lines {
-        writeln!(out, "marketgov demo: a marketplace week, decided by the real governors on an in-memory timeline.")?;
         writeln!(
             out,
-            "(Nothing is stored: the durable engine is not built yet.)"
+            "marketgov demo: a marketplace week on the durable engine, in {}",
+            dir.display()
         )?;
+        writeln!(out, "Every line below is read back from the signed, hash-chained log after it was committed.")?;
     }
-    for step in script(start) {
+    for (n, step) in script(start).into_iter().enumerate() {
         match step {
             Step::Say(text) if !json_lines => writeln!(out, "\n== {text}")?,
             Step::Say(_) => {}
+            Step::SendHeld(value) => submit(&app, value, &format!("demo-{n}")).await?,
             Step::Send(value) => {
-                let input =
-                    Input::from_value(value).context("the demo script holds only valid inputs")?;
-                let subject = subject(&input);
-                let decided = timeline.submit(input).context("deciding a demo input")?;
-                report(
-                    &decided,
-                    &subject,
-                    timeline.now,
-                    json_lines,
-                    &mut tally,
-                    out,
-                )?;
+                submit(&app, value, &format!("demo-{n}")).await?;
+                settle(&app).await?;
             }
             Step::Wait(by) => {
-                let until = timeline.now.map_or(start, |now| now + by);
-                for firing in timeline.advance_to(until) {
-                    let subject = subject(&firing.input);
-                    report(
-                        &firing.decided,
-                        &subject,
-                        Some(firing.at),
-                        json_lines,
-                        &mut tally,
-                        out,
-                    )?;
+                let until = clock.now() + by;
+                // Stop at each deadline on the way, so connector answers arrive before the next.
+                loop {
+                    let next = app
+                        .store()
+                        .due_timers(until.as_millisecond(), 1)?
+                        .first()
+                        .map(|t| t.due_at_ms);
+                    let Some(due) = next.and_then(|ms| Timestamp::from_millisecond(ms).ok()) else {
+                        break;
+                    };
+                    app.advance_clock_to(due.max(clock.now())).await?;
+                    settle(&app).await?;
                 }
+                app.advance_clock_to(until).await?;
+                settle(&app).await?;
             }
         }
+        printer.print_new(&app, out)?;
     }
-    let replayed = Timeline::replay(&timeline.log).context("replaying the log")?;
-    let deterministic =
-        replayed.customers == timeline.customers && replayed.catalog == timeline.catalog;
+    let report = app.audit_verify()?;
+    let replayed = replay_log(&app)?;
     if !json_lines {
+        let t = &printer.tally;
         writeln!(out, "\n== Summary")?;
-        writeln!(out, "events decided: {}", tally.events)?;
-        for (status, n) in &tally.statuses {
+        writeln!(out, "events logged: {}", t.events)?;
+        for (status, n) in &t.statuses {
             writeln!(out, "  {status}: {n}")?;
         }
-        writeln!(out, "conflicts: {}", tally.conflicts)?;
-        for (kind, n) in &tally.effects {
+        writeln!(out, "conflicts: {}", t.conflicts)?;
+        for (kind, n) in &t.effects {
             writeln!(out, "effects {kind}: {n}")?;
         }
+        let applied = app.sandbox().ledger()?.len();
         writeln!(
             out,
-            "replaying the {} logged inputs rebuilds the same state: {}",
-            timeline.log.len(),
-            if deterministic { "yes" } else { "NO" }
+            "sandbox connector: {applied} effects applied, each exactly once"
+        )?;
+        writeln!(
+            out,
+            "audit log verified: {} ({} entries, {} signed checkpoints)",
+            if report.ok { "yes" } else { "NO" },
+            report.entries,
+            report.checkpoints
+        )?;
+        writeln!(
+            out,
+            "replaying the {} logged events through the core rebuilds the same state: {}",
+            report.entries,
+            if replayed { "yes" } else { "NO" }
         )?;
     }
-    if !deterministic {
-        bail!("replay diverged from the live state");
+    if !report.ok {
+        bail!("the audit log does not verify: {:?}", report.first_bad);
+    }
+    if !replayed {
+        bail!("replaying the log diverged from the engine's state");
     }
     Ok(())
+}
+
+/// Submits one scripted input under its own idempotency key.
+async fn submit(app: &App, value: Value, key: &str) -> anyhow::Result<()> {
+    let input = Input::from_value(value).context("the demo script holds only valid inputs")?;
+    match input {
+        Input::Customer(event) => app
+            .submit_event("default", Some(key), event)
+            .await
+            .map(|_| ())?,
+        Input::Catalog(command) => app
+            .submit_catalog("default", Some(key), command)
+            .await
+            .map(|_| ())?,
+    }
+    Ok(())
+}
+
+/// Runs every ready effect, and the effects their results ask for, until none is left.
+async fn settle(app: &App) -> anyhow::Result<()> {
+    while app.run_effects().await? > 0 {}
+    Ok(())
+}
+
+/// Replays the whole log, in commit order, through the pure core on an in-memory timeline and
+/// compares every customer with the engine's.
+fn replay_log(app: &App) -> anyhow::Result<bool> {
+    let mut timeline = Timeline::default();
+    let mut from = 1;
+    let mut customers = Vec::new();
+    loop {
+        let page = app.store().audit_entries(from, 1024)?;
+        let Some(last) = page.last().map(|e| e.seq) else {
+            break;
+        };
+        for entry in &page {
+            let logged: LoggedDecision = serde_json::from_slice(&entry.bytes)?;
+            let input = Input::from_value(logged.input.clone())?;
+            if let Input::Customer(e) = &input {
+                customers.push(e.customer_id.clone());
+            }
+            timeline.now = Some(logged.ctx.now);
+            timeline.decide_with(input, logged.ctx.clone())?;
+        }
+        from = last + 1;
+    }
+    let runtime_customers: Vec<_> = customers
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let handle = tokio::runtime::Handle::current();
+    for id in runtime_customers {
+        let engine =
+            tokio::task::block_in_place(|| handle.block_on(app.customer("default", id.as_str())))?;
+        if engine.as_ref() != timeline.customers.get(&id) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+struct Printer {
+    json_lines: bool,
+    next_seq: u64,
+    tally: Tally,
+}
+
+impl Printer {
+    /// Prints the log entries written since the last call.
+    fn print_new(&mut self, app: &App, out: &mut impl Write) -> anyhow::Result<()> {
+        loop {
+            let page = app.store().audit_entries(self.next_seq, 256)?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                return Ok(());
+            };
+            for entry in &page {
+                let logged: LoggedDecision = serde_json::from_slice(&entry.bytes)?;
+                self.tally.events += 1;
+                *self.tally.statuses.entry(logged.status.name()).or_default() += 1;
+                if self.json_lines {
+                    writeln!(out, "{}", serde_json::to_string(&logged)?)?;
+                }
+                if logged.stream.starts_with("customer:") {
+                    let result: EventResult = serde_json::from_value(logged.result.clone())?;
+                    self.tally.conflicts += result.conflicts.len();
+                    for e in &result.effects {
+                        *self.tally.effects.entry(e.kind.name()).or_default() += 1;
+                    }
+                    if !self.json_lines {
+                        customer_text(&result, &subject(&logged), Some(logged.ctx.now), out)?;
+                    }
+                } else if !self.json_lines {
+                    let result: CatalogResult = serde_json::from_value(logged.result.clone())?;
+                    catalog_text(&result, &subject(&logged), out)?;
+                }
+            }
+            self.next_seq = last + 1;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -268,52 +361,24 @@ struct Tally {
     effects: BTreeMap<&'static str, usize>,
 }
 
-fn subject(input: &Input) -> String {
-    match input {
-        Input::Customer(e) => match &e.kind {
-            EventKind::TimerFired { timer, .. } => {
-                format!("{:<9} timer {} fired", e.customer_id.as_str(), timer.name())
-            }
-            kind => format!("{:<9} {}", e.customer_id.as_str(), kind.name()),
-        },
-        Input::Catalog(c) => format!("{:<9} {}", c.sku().as_str(), c.name()),
+fn subject(logged: &LoggedDecision) -> String {
+    let who = logged
+        .stream
+        .split_once('/')
+        .map_or(logged.stream.as_str(), |(_, id)| id);
+    let what = logged.input["type"].as_str().unwrap_or("?");
+    match (what, logged.input["timer"].as_str()) {
+        ("timer_fired", Some(timer)) => format!("{who:<16} timer {timer} fired"),
+        _ if logged
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("effect-result:")) =>
+        {
+            format!("{who:<16} {what} (sandbox connector)")
+        }
+        _ => format!("{who:<16} {what}"),
     }
 }
-
-fn report(
-    decided: &Decided,
-    subject: &str,
-    now: Option<Timestamp>,
-    json_lines: bool,
-    tally: &mut Tally,
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
-    tally.events += 1;
-    match decided {
-        Decided::Customer(r) => {
-            *tally.statuses.entry(r.status.name()).or_default() += 1;
-            tally.conflicts += r.conflicts.len();
-            for e in &r.effects {
-                *tally.effects.entry(e.kind.name()).or_default() += 1;
-            }
-            if json_lines {
-                writeln!(out, "{}", serde_json::to_string(r)?)?;
-            } else {
-                customer_text(r, subject, now, out)?;
-            }
-        }
-        Decided::Catalog(r) => {
-            *tally.statuses.entry(r.status.name()).or_default() += 1;
-            if json_lines {
-                writeln!(out, "{}", serde_json::to_string(r)?)?;
-            } else {
-                catalog_text(r, subject, out)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 fn when(now: Option<Timestamp>) -> String {
     now.map(|t| t.strftime("%a %d %b %H:%M").to_string())
         .unwrap_or_default()

@@ -28,9 +28,12 @@ struct Cli {
 enum Command {
     /// Runs a scripted marketplace day through the governors and prints every decision.
     Demo {
-        /// Print each event's full result as one JSON line instead of text.
+        /// Print each logged event as one JSON line instead of text.
         #[arg(long)]
         json: bool,
+        /// Keep the store here instead of in a temporary directory that is removed afterwards.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// The governors' state machines.
     Governors {
@@ -145,7 +148,9 @@ fn audit_verify(data_dir: &std::path::Path) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Demo { json } => demo::run(json, &mut std::io::stdout().lock()),
+        Command::Demo { json, data_dir } => {
+            demo::run(json, data_dir, &mut std::io::stdout().lock())
+        }
         Command::Governors {
             command: GovernorsCommand::Diagram { format },
         } => {

@@ -62,7 +62,7 @@ fn docs_are_written_where_asked() {
 }
 
 #[test]
-fn the_demo_shows_each_kind_of_outcome_and_replays_deterministically() {
+fn the_demo_runs_on_a_durable_store_shows_each_kind_of_outcome_and_verifies() {
     let out = marketgov(&["demo"]);
     assert!(
         out.status.success(),
@@ -80,6 +80,9 @@ fn the_demo_shows_each_kind_of_outcome_and_replays_deterministically() {
         "approved automatically after 72 h",
         "proration: credit",
         "rebuilds the same state: yes",
+        "audit log verified: yes",
+        "(sandbox connector)",
+        "timer approval_escalation fired",
     ] {
         assert!(text.contains(needle), "demo output lacks {needle:?}");
     }
@@ -88,6 +91,28 @@ fn the_demo_shows_each_kind_of_outcome_and_replays_deterministically() {
     let lines = String::from_utf8_lossy(&json.stdout);
     for line in lines.lines() {
         let value: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
-        assert!(value.get("status").is_some());
+        assert!(
+            value.get("status").is_some() && value.get("ctx").is_some(),
+            "{line}"
+        );
     }
+}
+
+#[test]
+fn the_demo_keeps_its_store_when_asked_and_the_store_verifies_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo-data");
+    let out = marketgov(&["demo", "--data-dir", data.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = marketgov(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    assert!(String::from_utf8_lossy(&verify.stdout).contains(r#""ok":true"#));
 }

@@ -148,9 +148,30 @@ impl App {
         let _one_executor = self.inner().effects_running.lock().await;
         let now_ms = self.clock().now().as_millisecond();
         let rows = self.store().ready_outbox(now_ms, EFFECTS_PER_ROUND_MAX)?;
+        // A charge whose void is queued too never leaves: the compensation cancels it here.
+        let voided: std::collections::HashSet<(String, String)> = rows
+            .iter()
+            .filter_map(
+                |r| match serde_json::from_slice::<Effect>(&r.body).ok()?.kind {
+                    EffectKind::Void { invoice_id, .. } => Some((r.stream.clone(), invoice_id)),
+                    _ => None,
+                },
+            )
+            .collect();
         let mut settled = 0;
         for row in rows {
-            self.run_effect(row, now_ms).await?;
+            let cancelled = matches!(
+                serde_json::from_slice::<Effect>(&row.body).map(|e| e.kind),
+                Ok(EffectKind::Charge { ref invoice_id, .. }) if voided.contains(&(row.stream.clone(), invoice_id.clone()))
+            );
+            if cancelled {
+                self.settle(OutboxUpdate::Done {
+                    effect_key: row.effect_key,
+                })
+                .await?;
+            } else {
+                self.run_effect(row, now_ms).await?;
+            }
             settled += 1;
         }
         Ok(settled)
