@@ -22,6 +22,8 @@ use tokio::sync::Semaphore;
 pub const CONCURRENCY_MAX: usize = 4096;
 /// How often the timer service and outbox executor run.
 const BACKGROUND_TICK_MS: u64 = 20;
+/// How often (in ticks) expired idempotency keys are swept.
+const SWEEP_EVERY_TICKS: u64 = 500;
 
 pub fn run(data_dir: PathBuf, concurrency: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -34,9 +36,12 @@ pub fn run(data_dir: PathBuf, concurrency: usize) -> anyhow::Result<()> {
         let background = {
             let app = app.clone();
             tokio::spawn(async move {
-                loop {
+                for tick in 0u64.. {
                     let _ = app.fire_due_timers().await;
                     let _ = app.run_effects().await;
+                    if tick % SWEEP_EVERY_TICKS == 0 {
+                        let _ = app.sweep_idempotency().await;
+                    }
                     tokio::time::sleep(Duration::from_millis(BACKGROUND_TICK_MS)).await;
                 }
             })

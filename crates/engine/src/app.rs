@@ -20,6 +20,8 @@ use crate::{keys, EngineOptions, Error};
 
 /// Longest idempotency key, in bytes (SPEC 1.4).
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
+/// Idempotency records one sweep removes at most.
+pub const IDEMPOTENCY_SWEEP_BATCH_MAX: u64 = 10_000;
 /// Audit entries read per page while verifying.
 const VERIFY_PAGE_ENTRIES: usize = 4096;
 
@@ -357,6 +359,23 @@ impl App {
             serde_json::from_value(result["status"].clone()).map_err(|e| bad(e.to_string()))?;
         let receipt = self.inner.store.event_receipt(stream, version)?;
         Ok(Reply::new(status, result, receipt, true))
+    }
+
+    /// Removes expired idempotency records, and the oldest beyond the bound, at most
+    /// [`IDEMPOTENCY_SWEEP_BATCH_MAX`] per call. Run periodically by the background loop.
+    pub async fn sweep_idempotency(&self) -> Result<(), Error> {
+        let now_ms = self.inner.options.clock.now().as_millisecond();
+        let sweep = marketgov_store::IdempotencySweep {
+            before_ms: now_ms.saturating_sub(self.inner.options.idempotency_window_ms),
+            keep_max: self.inner.options.idempotency_keys_max,
+            limit: IDEMPOTENCY_SWEEP_BATCH_MAX,
+        };
+        let ack = self.inner.store.commit(marketgov_store::Commit {
+            idempotency_sweep: Some(sweep),
+            ..Default::default()
+        })?;
+        ack.await.map_err(|_| Error::ShuttingDown)??;
+        Ok(())
     }
 
     /// A customer's committed state (`None`: unknown).

@@ -101,6 +101,8 @@ pub struct EngineOptions {
     pub snapshot_every_events: u64,
     /// How long idempotency keys are kept, in milliseconds (default 24 h).
     pub idempotency_window_ms: i64,
+    /// Idempotency keys kept at most; the oldest go first beyond it.
+    pub idempotency_keys_max: u64,
     /// The clock.
     pub clock: Arc<dyn Clock>,
     /// Test seam: runs before each customer decision.
@@ -133,6 +135,7 @@ impl EngineOptions {
             shard_cache_streams_max: 16_384,
             snapshot_every_events: 64,
             idempotency_window_ms: 24 * 3600 * 1000,
+            idempotency_keys_max: 10_000_000,
             clock: Arc::new(SystemClock),
             decide_hook: None,
             checkpoint_every_entries: 1000,

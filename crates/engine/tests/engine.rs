@@ -426,3 +426,35 @@ async fn a_full_shard_refuses_instead_of_queueing_without_bound() {
         "one in progress, two queued, the rest refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idempotency_store_is_bounded_by_window_and_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(t0());
+    let mut o = options(dir.path(), &clock);
+    o.idempotency_keys_max = 3;
+    let app = App::open(o).unwrap();
+    for i in 0..5 {
+        app.submit_event(
+            "t1",
+            Some(&format!("old-{i}")),
+            pay("c1", 1, &format!("p{i}")),
+        )
+        .await
+        .unwrap();
+    }
+    clock.set(Timestamp::from_second(t0().as_second() + 3600).unwrap());
+    app.submit_event("t1", Some("new"), pay("c1", 1, "p-new"))
+        .await
+        .unwrap();
+    app.sweep_idempotency().await.unwrap();
+    // Within the window, but beyond the bound of 3: the two oldest went.
+    assert!(app.store().idempotency("t1", "old-0").unwrap().is_none());
+    assert!(app.store().idempotency("t1", "old-1").unwrap().is_none());
+    assert!(app.store().idempotency("t1", "old-4").unwrap().is_some());
+    // After the window, every old key goes; the newest stays until its own window ends.
+    clock.set(Timestamp::from_second(t0().as_second() + 24 * 3600 + 1).unwrap());
+    app.sweep_idempotency().await.unwrap();
+    assert!(app.store().idempotency("t1", "old-4").unwrap().is_none());
+    assert!(app.store().idempotency("t1", "new").unwrap().is_some());
+}

@@ -220,6 +220,28 @@ fn write_commit(
             .and_then(|mut st| st.execute(params![tenant, key]))
             .map_err(storage)?;
     }
+    if let Some(sweep) = &commit.idempotency_sweep {
+        let limit = sweep.limit as i64;
+        let removed = tx
+            .prepare_cached(
+                "DELETE FROM idempotency WHERE rowid IN
+                 (SELECT rowid FROM idempotency WHERE created_at_ms < ?1 ORDER BY created_at_ms LIMIT ?2)",
+            )
+            .and_then(|mut st| st.execute(params![sweep.before_ms, limit]))
+            .map_err(storage)?;
+        let count: i64 = tx
+            .query_row("SELECT COUNT(*) FROM idempotency", [], |r| r.get(0))
+            .map_err(storage)?;
+        let excess = (count - sweep.keep_max as i64).min(limit - removed as i64);
+        if excess > 0 {
+            tx.prepare_cached(
+                "DELETE FROM idempotency WHERE rowid IN
+                 (SELECT rowid FROM idempotency ORDER BY created_at_ms LIMIT ?1)",
+            )
+            .and_then(|mut st| st.execute(params![excess]))
+            .map_err(storage)?;
+        }
+    }
     for r in &commit.idempotency {
         let sum = checksum(&[r.fingerprint.as_slice(), &r.response].concat());
         tx.prepare_cached(

@@ -105,6 +105,18 @@ pub struct IdempotencyRecord {
     pub created_at_ms: i64,
 }
 
+/// Which idempotency records a sweep removes: those created before `before_ms`, then the oldest
+/// beyond `keep_max`, at most `limit` in one commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencySweep {
+    /// Records created before this are expired.
+    pub before_ms: i64,
+    /// Records kept at most.
+    pub keep_max: u64,
+    /// Records removed per commit at most (keeps one commit short).
+    pub limit: u64,
+}
+
 /// A timer change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimerWrite {
@@ -224,6 +236,8 @@ pub struct Commit {
     pub idempotency: Vec<IdempotencyRecord>,
     /// Expired idempotency records `(tenant, key)` to remove first (their window has passed).
     pub idempotency_expired: Vec<(String, String)>,
+    /// Removes old idempotency records, keeping the table bounded.
+    pub idempotency_sweep: Option<IdempotencySweep>,
     /// Timer changes.
     pub timers: Vec<TimerWrite>,
     /// Effects to queue.
