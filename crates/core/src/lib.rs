@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod breaker;
 pub mod cases;
 pub mod customer;
 pub mod diagram;

@@ -84,6 +84,8 @@ pub(crate) struct Inner {
     /// Event ids issued, to keep them unique within one instant.
     pub issued: std::sync::atomic::AtomicU64,
     pub node_nonce: u64,
+    /// Breakers, bulkheads and rate limits of the outbox executor.
+    pub limits: crate::effects::Limits,
     /// One outbox executor at a time per process.
     pub effects_running: tokio::sync::Mutex<()>,
     /// One timer round at a time per process.
@@ -172,6 +174,7 @@ impl App {
             catalog: RwLock::new(HashMap::new()),
             issued: std::sync::atomic::AtomicU64::new(0),
             node_nonce: u64::from_le_bytes(nonce),
+            limits: crate::effects::Limits::default(),
             effects_running: tokio::sync::Mutex::new(()),
             timers_running: tokio::sync::Mutex::new(()),
         });

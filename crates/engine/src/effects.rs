@@ -12,8 +12,13 @@
 //! customer id ending in `-declined` has every charge declined; one ending in `-unreachable` makes
 //! the connector fail (retried with deterministic backoff, then given up).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use marketgov_core::breaker::{Admission, Breaker, BreakerSettings, TokenBucket};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use marketgov_core::backoff::jittered_delay_ms;
 use marketgov_core::ids::{CustomerId, PaymentId, RefundId};
@@ -141,15 +146,87 @@ fn ledger(e: rusqlite::Error) -> Error {
     Error::Setup(format!("sandbox ledger: {e}"))
 }
 
+/// Effects delivered at once at most, over all tenants.
+pub const EFFECTS_CONCURRENT_MAX: usize = 64;
+/// Effects of one tenant delivered at once at most (its bulkhead).
+pub const TENANT_EFFECTS_CONCURRENT_MAX: usize = 8;
+/// Effects one tenant may start per second (its token bucket), and the bucket's burst.
+pub const TENANT_EFFECTS_PER_SECOND: u32 = 200;
+/// The token bucket's capacity.
+pub const TENANT_EFFECTS_BURST: u32 = 400;
+
+/// Per-connector breakers and per-tenant bulkheads and rate limits, kept in memory: they protect
+/// the receivers of this process, and start closed and full after a restart.
+#[derive(Debug, Default)]
+pub(crate) struct Limits {
+    breakers: Mutex<HashMap<String, Breaker>>,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
+    bulkheads: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Limits {
+    /// Whether a delivery on `connector` for `tenant` may start now; `Err(until)` holds it.
+    fn admit(&self, connector: &str, tenant: &str, now_ms: i64) -> Result<(), i64> {
+        {
+            let mut breakers = self.breakers.lock().map_err(|_| now_ms)?;
+            let breaker = breakers
+                .entry(connector.to_owned())
+                .or_insert_with(|| Breaker::new(BreakerSettings::default()));
+            if let Admission::Refused { until_ms } = breaker.admit(now_ms) {
+                return Err(until_ms);
+            }
+        }
+        let mut buckets = self.buckets.lock().map_err(|_| now_ms)?;
+        buckets
+            .entry(tenant.to_owned())
+            .or_insert_with(|| {
+                TokenBucket::new(TENANT_EFFECTS_BURST, TENANT_EFFECTS_PER_SECOND, now_ms)
+            })
+            .take(now_ms)
+    }
+
+    fn outcome(&self, connector: &str, ok: bool, now_ms: i64) {
+        if let Ok(mut breakers) = self.breakers.lock() {
+            let breaker = breakers
+                .entry(connector.to_owned())
+                .or_insert_with(|| Breaker::new(BreakerSettings::default()));
+            if ok {
+                breaker.succeeded();
+            } else {
+                breaker.failed(now_ms);
+            }
+        }
+    }
+
+    fn bulkhead(&self, tenant: &str) -> Arc<Semaphore> {
+        match self.bulkheads.lock() {
+            Ok(mut map) => map
+                .entry(tenant.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(TENANT_EFFECTS_CONCURRENT_MAX)))
+                .clone(),
+            Err(_) => Arc::new(Semaphore::new(1)),
+        }
+    }
+
+    /// The state of a connector's breaker (`closed`, `open`, `half_open`).
+    pub fn breaker_state(&self, connector: &str) -> &'static str {
+        self.breakers
+            .lock()
+            .ok()
+            .and_then(|b| b.get(connector).map(Breaker::name))
+            .unwrap_or("closed")
+    }
+}
+
 impl App {
-    /// Carries out every effect ready now; returns how many rows were settled (done, retried or
-    /// given up).
+    /// Carries out every effect ready now, concurrently within the bounds above; returns how many
+    /// rows were settled (done, retried, held or given up).
     pub async fn run_effects(&self) -> Result<usize, Error> {
         let _one_executor = self.inner().effects_running.lock().await;
         let now_ms = self.clock().now().as_millisecond();
         let rows = self.store().ready_outbox(now_ms, EFFECTS_PER_ROUND_MAX)?;
         // A charge whose void is queued too never leaves: the compensation cancels it here.
-        let voided: std::collections::HashSet<(String, String)> = rows
+        let voided: HashSet<(String, String)> = rows
             .iter()
             .filter_map(
                 |r| match serde_json::from_slice::<Effect>(&r.body).ok()?.kind {
@@ -158,8 +235,11 @@ impl App {
                 },
             )
             .collect();
+        let global = Arc::new(Semaphore::new(EFFECTS_CONCURRENT_MAX));
+        let mut tasks = JoinSet::new();
         let mut settled = 0;
         for row in rows {
+            settled += 1;
             let cancelled = matches!(
                 serde_json::from_slice::<Effect>(&row.body).map(|e| e.kind),
                 Ok(EffectKind::Charge { ref invoice_id, .. }) if voided.contains(&(row.stream.clone(), invoice_id.clone()))
@@ -169,10 +249,42 @@ impl App {
                     effect_key: row.effect_key,
                 })
                 .await?;
-            } else {
-                self.run_effect(row, now_ms).await?;
+                continue;
             }
-            settled += 1;
+            let tenant = row
+                .stream
+                .split_once(':')
+                .and_then(|(_, rest)| rest.split_once('/'))
+                .map_or("", |(t, _)| t)
+                .to_owned();
+            if let Err(until_ms) = self.inner().limits.admit(&row.connector, &tenant, now_ms) {
+                // Held, not failed: the attempt count stays.
+                self.settle(OutboxUpdate::Retry {
+                    effect_key: row.effect_key,
+                    attempts: row.attempts,
+                    next_attempt_ms: until_ms,
+                    error: format!(
+                        "held: {} breaker {} or tenant rate limit",
+                        row.connector,
+                        self.inner().limits.breaker_state(&row.connector)
+                    ),
+                })
+                .await?;
+                continue;
+            }
+            let (app, global, bulkhead) = (
+                self.clone(),
+                global.clone(),
+                self.inner().limits.bulkhead(&tenant),
+            );
+            tasks.spawn(async move {
+                let _global = global.acquire_owned().await;
+                let _tenant = bulkhead.acquire_owned().await;
+                app.run_effect(row, now_ms).await
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.map_err(|e| Error::Setup(format!("effect task failed: {e}")))??;
         }
         Ok(settled)
     }
@@ -194,7 +306,11 @@ impl App {
                 })
                 .await;
         };
-        let update = match self.sandbox().deliver(customer_id, &effect, &row.body) {
+        let delivered = self.sandbox().deliver(customer_id, &effect, &row.body);
+        self.inner()
+            .limits
+            .outcome(&row.connector, delivered.is_ok(), now_ms);
+        let update = match delivered {
             Ok(Outcome::Applied { declined }) => {
                 if let Some(event) = result_event(customer_id, &effect, declined) {
                     // Keyed by the effect: a redelivery after a crash replays instead of repeating.
@@ -240,6 +356,11 @@ impl App {
             Ok(_) | Err(marketgov_store::Error::Conflict(_)) => Ok(()), // already settled by an earlier run
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The state of a connector's circuit breaker (`closed`, `open`, `half_open`).
+    pub fn breaker_state(&self, connector: &str) -> &'static str {
+        self.inner().limits.breaker_state(connector)
     }
 }
 

@@ -159,3 +159,63 @@ async fn a_failing_receiver_is_retried_with_deterministic_backoff() {
         .iter()
         .all(|r| r.attempts == 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_connector_opens_its_breaker_and_holds_deliveries_until_the_cool_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(at_ms(0));
+    let app = app(dir.path(), &clock).await;
+    for i in 0..6 {
+        app.submit_event(
+            "t",
+            Some(&format!("s{i}")),
+            subscribe(&format!("u{i}-unreachable")),
+        )
+        .await
+        .unwrap();
+    }
+    app.run_effects().await.unwrap();
+    assert_eq!(
+        app.breaker_state("payments"),
+        "open",
+        "six failed charges in a row"
+    );
+    // Past every backoff, but inside the 30 s cool-down: deliveries are held, not attempted.
+    clock.set(at_ms(1_000));
+    app.run_effects().await.unwrap();
+    let charges: Vec<_> = app
+        .store()
+        .ready_outbox(i64::MAX, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.connector == "payments")
+        .collect();
+    assert_eq!(charges.len(), 6);
+    // Each charge was attempted at most once (the breaker opened while the first round ran);
+    // holding it during the cool-down is not an attempt.
+    assert!(
+        charges.iter().all(|r| r.attempts <= 1),
+        "{:?}",
+        charges.iter().map(|r| r.attempts).collect::<Vec<_>>()
+    );
+    assert!(
+        charges
+            .iter()
+            .all(|r| r.next_attempt_ms >= at_ms(30_000).as_millisecond()),
+        "held until the cool-down ends"
+    );
+    // After the cool-down one probe goes; it fails, so the breaker opens again.
+    let before: u32 = charges.iter().map(|r| r.attempts).sum();
+    clock.set(at_ms(40_000));
+    app.run_effects().await.unwrap();
+    let after: u32 = app
+        .store()
+        .ready_outbox(i64::MAX, 100)
+        .unwrap()
+        .iter()
+        .filter(|r| r.connector == "payments")
+        .map(|r| r.attempts)
+        .sum();
+    assert_eq!(after, before + 1, "one probe");
+    assert_eq!(app.breaker_state("payments"), "open");
+}
