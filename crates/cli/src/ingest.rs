@@ -22,6 +22,8 @@ use tokio::sync::Semaphore;
 pub const CONCURRENCY_MAX: usize = 4096;
 /// How often the timer service and outbox executor run.
 const BACKGROUND_TICK_MS: u64 = 20;
+/// How long the exit waits for queued effects to settle.
+const DRAIN_SECONDS_MAX: u64 = 60;
 /// How often (in ticks) expired idempotency keys are swept.
 const SWEEP_EVERY_TICKS: u64 = 500;
 
@@ -77,8 +79,24 @@ pub fn run(data_dir: PathBuf, concurrency: usize) -> anyhow::Result<()> {
         for task in tasks {
             let _ = task.await;
         }
-        // Settle what the inputs asked for before exiting.
-        while app.run_effects().await.unwrap_or(0) > 0 {}
+        // Settle what the inputs asked for before exiting (held or backed-off effects included),
+        // within a bound.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(DRAIN_SECONDS_MAX);
+        use marketgov_store::Store as _;
+        while tokio::time::Instant::now() < deadline {
+            let ran = app.run_effects().await.unwrap_or(0);
+            let left = app
+                .store()
+                .ready_outbox(i64::MAX, 1)
+                .map(|r| r.len())
+                .unwrap_or(0);
+            if left == 0 {
+                break;
+            }
+            if ran == 0 {
+                tokio::time::sleep(Duration::from_millis(BACKGROUND_TICK_MS)).await;
+            }
+        }
         background.abort();
         Ok(())
     })

@@ -174,7 +174,10 @@ impl App {
             catalog: RwLock::new(HashMap::new()),
             issued: std::sync::atomic::AtomicU64::new(0),
             node_nonce: u64::from_le_bytes(nonce),
-            limits: crate::effects::Limits::default(),
+            limits: crate::effects::Limits::new(
+                options.tenant_effects_per_second,
+                options.tenant_effects_burst,
+            ),
             effects_running: tokio::sync::Mutex::new(()),
             timers_running: tokio::sync::Mutex::new(()),
         });

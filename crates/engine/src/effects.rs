@@ -150,21 +150,29 @@ fn ledger(e: rusqlite::Error) -> Error {
 pub const EFFECTS_CONCURRENT_MAX: usize = 64;
 /// Effects of one tenant delivered at once at most (its bulkhead).
 pub const TENANT_EFFECTS_CONCURRENT_MAX: usize = 8;
-/// Effects one tenant may start per second (its token bucket), and the bucket's burst.
-pub const TENANT_EFFECTS_PER_SECOND: u32 = 200;
-/// The token bucket's capacity.
-pub const TENANT_EFFECTS_BURST: u32 = 400;
 
 /// Per-connector breakers and per-tenant bulkheads and rate limits, kept in memory: they protect
 /// the receivers of this process, and start closed and full after a restart.
 #[derive(Debug, Default)]
 pub(crate) struct Limits {
+    /// Effects one tenant may start per second, and its burst.
+    pub per_second: u32,
+    pub burst: u32,
     breakers: Mutex<HashMap<String, Breaker>>,
     buckets: Mutex<HashMap<String, TokenBucket>>,
     bulkheads: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Limits {
+    /// Limits with a per-tenant token bucket of `per_second` and `burst`.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            per_second,
+            burst,
+            ..Self::default()
+        }
+    }
+
     /// Whether a delivery on `connector` for `tenant` may start now; `Err(until)` holds it.
     fn admit(&self, connector: &str, tenant: &str, now_ms: i64) -> Result<(), i64> {
         {
@@ -179,9 +187,7 @@ impl Limits {
         let mut buckets = self.buckets.lock().map_err(|_| now_ms)?;
         buckets
             .entry(tenant.to_owned())
-            .or_insert_with(|| {
-                TokenBucket::new(TENANT_EFFECTS_BURST, TENANT_EFFECTS_PER_SECOND, now_ms)
-            })
+            .or_insert_with(|| TokenBucket::new(self.burst, self.per_second, now_ms))
             .take(now_ms)
     }
 

@@ -103,6 +103,10 @@ pub struct EngineOptions {
     pub idempotency_window_ms: i64,
     /// Idempotency keys kept at most; the oldest go first beyond it.
     pub idempotency_keys_max: u64,
+    /// Effects one tenant may start per second (its token bucket's rate).
+    pub tenant_effects_per_second: u32,
+    /// The token bucket's capacity (burst).
+    pub tenant_effects_burst: u32,
     /// The clock.
     pub clock: Arc<dyn Clock>,
     /// Test seam: runs before each customer decision.
@@ -136,6 +140,8 @@ impl EngineOptions {
             snapshot_every_events: 64,
             idempotency_window_ms: 24 * 3600 * 1000,
             idempotency_keys_max: 10_000_000,
+            tenant_effects_per_second: 10_000,
+            tenant_effects_burst: 20_000,
             clock: Arc::new(SystemClock),
             decide_hook: None,
             checkpoint_every_entries: 1000,

@@ -219,3 +219,44 @@ async fn a_failing_connector_opens_its_breaker_and_holds_deliveries_until_the_co
     assert_eq!(after, before + 1, "one probe");
     assert_eq!(app.breaker_state("payments"), "open");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_rate_is_held_not_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(at_ms(0));
+    let mut o = EngineOptions::new(dir.path());
+    o.clock = Arc::new(clock.clone());
+    o.tenant_effects_per_second = 1;
+    o.tenant_effects_burst = 2;
+    let app = App::open(o).unwrap();
+    for c in [
+        json!({"type": "product_submitted", "sku": "pro", "name": "P", "price": 2000, "currency": "USD", "billing_period_days": 30}),
+        json!({"type": "product_published", "sku": "pro", "expected_version": 1}),
+    ] {
+        let Input::Catalog(c) = Input::from_value(c).unwrap() else {
+            panic!()
+        };
+        app.submit_catalog("t", None, c).await.unwrap();
+    }
+    app.submit_event("t", Some("s1"), subscribe("alice"))
+        .await
+        .unwrap(); // four effects
+    app.run_effects().await.unwrap();
+    assert_eq!(
+        app.sandbox().ledger().unwrap().len(),
+        2,
+        "the burst of two went"
+    );
+    let held: Vec<_> = app.store().ready_outbox(i64::MAX, 10).unwrap();
+    assert_eq!(held.len(), 2);
+    assert!(held
+        .iter()
+        .all(|r| r.attempts == 0 && r.next_attempt_ms > at_ms(0).as_millisecond()));
+    clock.set(at_ms(2_000));
+    app.run_effects().await.unwrap();
+    assert_eq!(
+        app.sandbox().ledger().unwrap().len(),
+        4,
+        "refilled at one per second"
+    );
+}
