@@ -312,7 +312,17 @@ impl App {
                 })
                 .await;
         };
-        let delivered = self.sandbox().deliver(customer_id, &effect, &row.body);
+        let delivered = match &self.inner().options.webhook {
+            Some(webhook) => {
+                let body = serde_json::json!({"tenant": tenant, "customer_id": customer_id, "effect": effect}).to_string();
+                let now_unix = now_ms.div_euclid(1000);
+                webhook
+                    .deliver(&effect.idempotency_key, body.as_bytes(), now_unix)
+                    .await
+                    .map(|declined| Outcome::Applied { declined })
+            }
+            None => self.sandbox().deliver(customer_id, &effect, &row.body),
+        };
         self.inner()
             .limits
             .outcome(&row.connector, delivered.is_ok(), now_ms);

@@ -16,6 +16,7 @@ mod keys;
 mod shard;
 mod stream;
 mod timers;
+mod webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub use effects::{
 pub use keys::{load_or_create as audit_signer, AUDIT_KEY_FILE};
 pub use stream::LoggedDecision;
 pub use timers::{FIRINGS_PER_CALL_MAX, TIMERS_PER_ROUND_MAX};
+pub use webhook::{signature as webhook_signature, Webhook};
 
 use marketgov_core::InputError;
 
@@ -113,6 +115,8 @@ pub struct EngineOptions {
     pub decide_hook: Option<DecideHook>,
     /// A signed audit checkpoint every this many entries.
     pub checkpoint_every_entries: u64,
+    /// Where effects go: the in-process `sandbox` (default) or a `webhook`.
+    pub webhook: Option<Webhook>,
     /// Test seam: makes a chosen store batch fail at its sync.
     pub store_fault: Option<Arc<marketgov_store_sqlite::FaultInjector>>,
 }
@@ -146,6 +150,7 @@ impl EngineOptions {
             decide_hook: None,
             checkpoint_every_entries: 1000,
             store_fault: None,
+            webhook: None,
         }
     }
 }
