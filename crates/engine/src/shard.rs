@@ -21,7 +21,7 @@ use marketgov_store::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::app::{Inner, Reply};
-use crate::stream::{rebuild, snapshot_body, LoggedDecision, StreamState, ENCODING_VERSION};
+use crate::stream::{rebuild, snapshot_body, LoggedDecision, StreamState};
 use crate::Error;
 
 /// Idempotency bookkeeping a shard writes with the decision.
@@ -146,19 +146,17 @@ impl Shard {
             }
         };
         let next = result.next.take();
-        let input = serde_json::to_value(Input::Customer(event.clone())).map_err(encode)?;
         let result_json = serde_json::to_value(&result).map_err(encode)?;
-        let logged = LoggedDecision {
-            v: ENCODING_VERSION,
-            tenant: tenant.to_owned(),
-            stream: stream.clone(),
-            idempotency_key: claim.as_ref().map(|c| c.key.clone()),
-            ctx: ctx.clone(),
-            input,
+        let logged = LoggedDecision::new(
+            tenant,
+            &stream,
+            claim.as_ref().map(|c| c.key.as_str()),
+            &ctx,
+            &Input::Customer(event.clone()),
             products,
-            status: result.status,
-            result: result_json.clone(),
-        };
+            result.status,
+            result_json.clone(),
+        )?;
         let mut next_state = state.clone();
         next_state.log_version += 1;
         if let Some(next) = next {
@@ -216,17 +214,16 @@ impl Shard {
         let ctx = self.inner.context();
         let result = decide_catalog(state.product.as_ref(), &command, &ctx)?;
         let result_json = serde_json::to_value(&result).map_err(encode)?;
-        let logged = LoggedDecision {
-            v: ENCODING_VERSION,
-            tenant: tenant.to_owned(),
-            stream: stream.clone(),
-            idempotency_key: claim.as_ref().map(|c| c.key.clone()),
-            ctx: ctx.clone(),
-            input: serde_json::to_value(Input::Catalog(command.clone())).map_err(encode)?,
-            products: Vec::new(),
-            status: result.status,
-            result: result_json.clone(),
-        };
+        let logged = LoggedDecision::new(
+            tenant,
+            &stream,
+            claim.as_ref().map(|c| c.key.as_str()),
+            &ctx,
+            &Input::Catalog(command.clone()),
+            Vec::new(),
+            result.status,
+            result_json.clone(),
+        )?;
         let mut next_state = state.clone();
         next_state.log_version += 1;
         if let Some(next) = &result.next {

@@ -41,6 +41,36 @@ pub struct LoggedDecision {
     pub result: serde_json::Value,
 }
 
+impl LoggedDecision {
+    /// The log entry of one decision made by this release.
+    #[allow(clippy::too_many_arguments)] // each field is one thing the decision was a function of
+    pub(crate) fn new(
+        tenant: &str,
+        stream: &str,
+        idempotency_key: Option<&str>,
+        ctx: &EventContext,
+        input: &Input,
+        products: Vec<Product>,
+        status: EventStatus,
+        result: serde_json::Value,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            v: ENCODING_VERSION,
+            tenant: tenant.to_owned(),
+            stream: stream.to_owned(),
+            idempotency_key: idempotency_key.map(str::to_owned),
+            ctx: ctx.clone(),
+            input: serde_json::to_value(input).map_err(|e| Error::Replay {
+                location: "encoding".into(),
+                detail: e.to_string(),
+            })?,
+            products,
+            status,
+            result,
+        })
+    }
+}
+
 /// A stream's state in memory.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StreamState {
