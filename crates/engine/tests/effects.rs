@@ -7,10 +7,11 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use marketgov_core::{CustomerEvent, Input};
 use marketgov_engine::{App, EngineOptions, ManualClock};
 use marketgov_store::Store;
-use serde_json::json;
+
+mod common;
+use common::subscribe;
 
 fn at_ms(ms: i64) -> Timestamp {
     Timestamp::from_millisecond(1_767_225_600_000 + ms).unwrap()
@@ -21,26 +22,8 @@ async fn app(dir: &std::path::Path, clock: &ManualClock) -> App {
     o.clock = Arc::new(clock.clone());
     o.shards = 2;
     let app = App::open(o).unwrap();
-    for c in [
-        json!({"type": "product_submitted", "sku": "pro", "name": "P", "price": 2000, "currency": "USD", "billing_period_days": 30}),
-        json!({"type": "product_published", "sku": "pro", "expected_version": 1}),
-    ] {
-        let Input::Catalog(c) = Input::from_value(c).unwrap() else {
-            panic!()
-        };
-        app.submit_catalog("t", None, c).await.unwrap();
-    }
+    common::publish(&app, "t", "pro", 2000, false).await;
     app
-}
-
-fn subscribe(customer: &str) -> CustomerEvent {
-    let Input::Customer(e) = Input::from_value(
-        json!({"type": "customer_subscribes", "customer_id": customer, "sku": "pro"}),
-    )
-    .unwrap() else {
-        panic!()
-    };
-    e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,10 +31,10 @@ async fn a_charge_is_applied_once_and_its_result_comes_back_as_an_event() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_at(at_ms(0));
     let app = app(dir.path(), &clock).await;
-    app.submit_event("t", Some("s1"), subscribe("alice"))
+    app.submit_event("t", Some("s1"), subscribe("alice", "pro"))
         .await
         .unwrap();
-    app.submit_event("t", Some("s2"), subscribe("bob-declined"))
+    app.submit_event("t", Some("s2"), subscribe("bob-declined", "pro"))
         .await
         .unwrap();
     assert!(app.run_effects().await.unwrap() >= 4);
@@ -91,7 +74,7 @@ async fn a_redelivered_effect_is_not_applied_twice() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_at(at_ms(0));
     let app = app(dir.path(), &clock).await;
-    app.submit_event("t", Some("s1"), subscribe("alice"))
+    app.submit_event("t", Some("s1"), subscribe("alice", "pro"))
         .await
         .unwrap();
     // A delivery whose "done" mark was lost (as if the process died right after delivering).
@@ -127,7 +110,7 @@ async fn a_failing_receiver_is_retried_with_deterministic_backoff() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_at(at_ms(0));
     let app = app(dir.path(), &clock).await;
-    app.submit_event("t", Some("s1"), subscribe("carol-unreachable"))
+    app.submit_event("t", Some("s1"), subscribe("carol-unreachable", "pro"))
         .await
         .unwrap();
     app.run_effects().await.unwrap();
@@ -169,7 +152,7 @@ async fn a_failing_connector_opens_its_breaker_and_holds_deliveries_until_the_co
         app.submit_event(
             "t",
             Some(&format!("s{i}")),
-            subscribe(&format!("u{i}-unreachable")),
+            subscribe(&format!("u{i}-unreachable"), "pro"),
         )
         .await
         .unwrap();
@@ -229,16 +212,8 @@ async fn a_tenant_over_its_rate_is_held_not_failed() {
     o.tenant_effects_per_second = 1;
     o.tenant_effects_burst = 2;
     let app = App::open(o).unwrap();
-    for c in [
-        json!({"type": "product_submitted", "sku": "pro", "name": "P", "price": 2000, "currency": "USD", "billing_period_days": 30}),
-        json!({"type": "product_published", "sku": "pro", "expected_version": 1}),
-    ] {
-        let Input::Catalog(c) = Input::from_value(c).unwrap() else {
-            panic!()
-        };
-        app.submit_catalog("t", None, c).await.unwrap();
-    }
-    app.submit_event("t", Some("s1"), subscribe("alice"))
+    common::publish(&app, "t", "pro", 2000, false).await;
+    app.submit_event("t", Some("s1"), subscribe("alice", "pro"))
         .await
         .unwrap(); // four effects
     app.run_effects().await.unwrap();

@@ -7,11 +7,14 @@ use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 use marketgov_core::orchestrator::EventStatus;
-use marketgov_core::{CatalogCommand, CustomerEvent, Input};
+use marketgov_core::CustomerEvent;
 use marketgov_engine::{App, EngineOptions, Error, ManualClock};
 use marketgov_store::Store;
 use marketgov_store_sqlite::{FaultInjector, FaultMode};
 use serde_json::json;
+
+mod common;
+use common::{command, event, publish, subscribe};
 
 fn t0() -> Timestamp {
     "2026-01-01T00:00:00Z".parse().unwrap()
@@ -26,48 +29,6 @@ fn options(dir: &std::path::Path, clock: &ManualClock) -> EngineOptions {
     o
 }
 
-fn event(value: serde_json::Value) -> CustomerEvent {
-    match Input::from_value(value).unwrap() {
-        Input::Customer(e) => e,
-        other => panic!("not a customer event: {other:?}"),
-    }
-}
-
-fn command(value: serde_json::Value) -> CatalogCommand {
-    match Input::from_value(value).unwrap() {
-        Input::Catalog(c) => c,
-        other => panic!("not a catalog command: {other:?}"),
-    }
-}
-
-async fn publish(app: &App, sku: &str, price: i64, requires_approval: bool) {
-    let r = app
-        .submit_catalog(
-            "t1",
-            None,
-            command(
-                json!({"type": "product_submitted", "sku": sku, "name": sku, "price": price,
-            "currency": "USD", "billing_period_days": 30, "requires_approval": requires_approval}),
-            ),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, EventStatus::Completed);
-    let r = app
-        .submit_catalog(
-            "t1",
-            None,
-            command(json!({"type": "product_published", "sku": sku, "expected_version": 1})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, EventStatus::Completed, "{:?}", r.body);
-}
-
-fn subscribe(customer: &str, sku: &str) -> CustomerEvent {
-    event(json!({"type": "customer_subscribes", "customer_id": customer, "sku": sku}))
-}
-
 fn pay(customer: &str, amount: i64, id: &str) -> CustomerEvent {
     event(
         json!({"type": "payment_processed", "customer_id": customer, "amount": amount, "currency": "USD", "payment_id": id}),
@@ -80,8 +41,8 @@ async fn state_after_restart_equals_state_before() {
     let clock = ManualClock::starting_at(t0());
     let before = {
         let app = App::open(options(dir.path(), &clock)).unwrap();
-        publish(&app, "pro", 2000, false).await;
-        publish(&app, "gated", 5000, true).await;
+        publish(&app, "t1", "pro", 2000, false).await;
+        publish(&app, "t1", "gated", 5000, true).await;
         for c in ["c1", "c2", "c3"] {
             app.submit_event(
                 "t1",
@@ -141,7 +102,7 @@ async fn a_repeat_with_the_same_key_replays_the_first_result_and_changes_nothing
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_at(t0());
     let app = App::open(options(dir.path(), &clock)).unwrap();
-    publish(&app, "pro", 2000, false).await;
+    publish(&app, "t1", "pro", 2000, false).await;
     let first = app
         .submit_event("t1", Some("k-sub"), subscribe("c1", "pro"))
         .await
@@ -174,7 +135,7 @@ async fn a_repeat_with_the_same_key_replays_the_first_result_and_changes_nothing
     ));
     assert_eq!(app.customer("t1", "c2").await.unwrap(), None);
     // Keys are scoped per tenant.
-    publish_for(&app, "t2").await;
+    publish(&app, "t2", "pro", 2000, false).await;
     let other = app
         .submit_event("t2", Some("k-sub"), subscribe("c1", "pro"))
         .await
@@ -188,32 +149,12 @@ async fn a_repeat_with_the_same_key_replays_the_first_result_and_changes_nothing
     ));
 }
 
-async fn publish_for(app: &App, tenant: &str) {
-    app.submit_catalog(
-        tenant,
-        None,
-        command(
-            json!({"type": "product_submitted", "sku": "pro", "name": "Pro", "price": 2000,
-        "currency": "USD", "billing_period_days": 30}),
-        ),
-    )
-    .await
-    .unwrap();
-    app.submit_catalog(
-        tenant,
-        None,
-        command(json!({"type": "product_published", "sku": "pro", "expected_version": 1})),
-    )
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_key_runs_again_and_invalid_input_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_at(t0());
     let app = App::open(options(dir.path(), &clock)).unwrap();
-    publish(&app, "pro", 2000, false).await;
+    publish(&app, "t1", "pro", 2000, false).await;
     app.submit_event("t1", Some("k"), pay("c1", 100, "p1"))
         .await
         .unwrap();
@@ -260,7 +201,7 @@ async fn a_storage_failure_is_not_remembered_and_a_retry_after_restart_succeeds(
         let mut o = options(dir.path(), &clock);
         o.store_fault = Some(FaultInjector::fail_batch(3, FaultMode::LostSync));
         let app = App::open(o).unwrap();
-        publish(&app, "pro", 2000, false).await; // batches 1 and 2
+        publish(&app, "t1", "pro", 2000, false).await; // batches 1 and 2
         let failed = app
             .submit_event("t1", Some("k"), subscribe("c1", "pro"))
             .await;
@@ -342,7 +283,7 @@ async fn a_panicking_decision_is_parked_and_other_customers_are_served() {
         }
     }));
     let app = App::open(o).unwrap();
-    publish(&app, "pro", 2000, false).await;
+    publish(&app, "t1", "pro", 2000, false).await;
     app.submit_event("t1", None, pay("boom", 1, "ok-1"))
         .await
         .unwrap();

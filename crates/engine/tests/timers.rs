@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use marketgov_core::orchestrator::EventStatus;
-use marketgov_core::{CatalogCommand, CustomerEvent, Input};
 use marketgov_engine::{App, Clock, EngineOptions, Error, ManualClock};
 use marketgov_store::Store;
 use serde_json::json;
+
+mod common;
+use common::{command, event};
 
 const HOUR: i64 = 3600;
 
@@ -25,25 +27,11 @@ fn options(dir: &std::path::Path, clock: &ManualClock) -> EngineOptions {
     o
 }
 
-fn customer(value: serde_json::Value) -> CustomerEvent {
-    match Input::from_value(value).unwrap() {
-        Input::Customer(e) => e,
-        other => panic!("{other:?}"),
-    }
-}
-
-fn catalog(value: serde_json::Value) -> CatalogCommand {
-    match Input::from_value(value).unwrap() {
-        Input::Catalog(c) => c,
-        other => panic!("{other:?}"),
-    }
-}
-
 async fn gated_customer(app: &App) {
     app.submit_catalog(
         "t",
         None,
-        catalog(
+        command(
             json!({"type": "product_submitted", "sku": "gated", "name": "G", "price": 5000,
         "currency": "USD", "billing_period_days": 30, "requires_approval": true}),
         ),
@@ -53,7 +41,7 @@ async fn gated_customer(app: &App) {
     app.submit_catalog(
         "t",
         None,
-        catalog(json!({"type": "product_published", "sku": "gated", "expected_version": 1})),
+        command(json!({"type": "product_published", "sku": "gated", "expected_version": 1})),
     )
     .await
     .unwrap();
@@ -61,7 +49,7 @@ async fn gated_customer(app: &App) {
         .submit_event(
             "t",
             Some("sub"),
-            customer(json!({"type": "customer_subscribes", "customer_id": "c1", "sku": "gated"})),
+            event(json!({"type": "customer_subscribes", "customer_id": "c1", "sku": "gated"})),
         )
         .await
         .unwrap();
@@ -145,7 +133,7 @@ async fn overdue_timers_fire_at_once_after_a_restart_and_each_only_once() {
 
     // A duplicate firing delivered as an event is refused and changes nothing.
     let before = app.customer("t", "c1").await.unwrap();
-    let dup = customer(
+    let dup = event(
         json!({"type": "timer_fired", "customer_id": "c1", "timer": "approval_escalation", "due_at": at(24 * HOUR).to_string()}),
     );
     let r = app.submit_event("t", None, dup).await.unwrap();
@@ -161,7 +149,7 @@ async fn a_scheduled_price_comes_into_force_at_its_time() {
     app.submit_catalog(
         "t",
         None,
-        catalog(
+        command(
             json!({"type": "product_submitted", "sku": "pro", "name": "P", "price": 1000,
         "currency": "USD", "billing_period_days": 30}),
         ),
@@ -171,14 +159,14 @@ async fn a_scheduled_price_comes_into_force_at_its_time() {
     app.submit_catalog(
         "t",
         None,
-        catalog(json!({"type": "product_published", "sku": "pro", "expected_version": 1})),
+        command(json!({"type": "product_published", "sku": "pro", "expected_version": 1})),
     )
     .await
     .unwrap();
     app.submit_catalog(
         "t",
         None,
-        catalog(
+        command(
             json!({"type": "product_price_changed", "sku": "pro", "expected_version": 2,
         "price": 1500, "effective_at": at(10 * HOUR).to_string()}),
         ),

@@ -11,6 +11,8 @@ use marketgov_core::Input;
 use marketgov_engine::{webhook_signature, App, EngineOptions, ManualClock, Webhook};
 use marketgov_store::Store;
 use serde_json::json;
+
+mod common;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -97,15 +99,7 @@ async fn app(dir: &std::path::Path, url: &str) -> App {
     ));
     o.webhook = Some(Webhook::new(url, SECRET).unwrap());
     let app = App::open(o).unwrap();
-    for c in [
-        json!({"type": "product_submitted", "sku": "pro", "name": "P", "price": 2000, "currency": "USD", "billing_period_days": 30}),
-        json!({"type": "product_published", "sku": "pro", "expected_version": 1}),
-    ] {
-        let Input::Catalog(c) = Input::from_value(c).unwrap() else {
-            panic!()
-        };
-        app.submit_catalog("t", None, c).await.unwrap();
-    }
+    common::publish(&app, "t", "pro", 2000, false).await;
     let Input::Customer(e) = Input::from_value(
         json!({"type": "customer_subscribes", "customer_id": "alice", "sku": "pro"}),
     )
