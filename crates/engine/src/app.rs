@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     pub node_nonce: u64,
     /// Breakers, bulkheads and rate limits of the outbox executor.
     pub limits: crate::effects::Limits,
+    /// Shards restarted by their supervisor after a panic.
+    pub shard_restarts: std::sync::atomic::AtomicU64,
     /// One outbox executor at a time per process.
     pub effects_running: tokio::sync::Mutex<()>,
     /// One timer round at a time per process.
@@ -178,18 +180,14 @@ impl App {
                 options.tenant_effects_per_second,
                 options.tenant_effects_burst,
             ),
+            shard_restarts: std::sync::atomic::AtomicU64::new(0),
             effects_running: tokio::sync::Mutex::new(()),
             timers_running: tokio::sync::Mutex::new(()),
         });
         let mut shards = Vec::with_capacity(options.shards.max(1));
         for _ in 0..options.shards.max(1) {
             let (tx, rx) = mpsc::channel(options.shard_queue_max.max(1));
-            let shard = Shard {
-                inner: inner.clone(),
-                cache: HashMap::new(),
-                loaded: Default::default(),
-            };
-            tokio::spawn(shard.run(rx));
+            tokio::spawn(Shard::supervise(inner.clone(), rx));
             shards.push(tx);
         }
         Ok(Self {
@@ -201,6 +199,13 @@ impl App {
 
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
+    }
+
+    /// Shards restarted by their supervisor after a panic, since start.
+    pub fn shard_restarts(&self) -> u64 {
+        self.inner
+            .shard_restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The injected clock.

@@ -88,6 +88,9 @@ pub enum Error {
 /// A hook run before each decision: a test seam for injecting panics into one customer's events.
 pub type DecideHook = Arc<dyn Fn(&marketgov_core::CustomerEvent) + Send + Sync>;
 
+/// A hook run before each work item of a shard: a test seam for supervision.
+pub type WorkHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Options of the engine.
 #[derive(Clone)]
 pub struct EngineOptions {
@@ -113,6 +116,9 @@ pub struct EngineOptions {
     pub clock: Arc<dyn Clock>,
     /// Test seam: runs before each customer decision.
     pub decide_hook: Option<DecideHook>,
+    /// Test seam: runs in the shard before each work item, outside the decision's panic guard,
+    /// with the item's customer id, SKU or stream.
+    pub work_hook: Option<WorkHook>,
     /// A signed audit checkpoint every this many entries.
     pub checkpoint_every_entries: u64,
     /// Where effects go: the in-process `sandbox` (default) or a `webhook`.
@@ -148,6 +154,7 @@ impl EngineOptions {
             tenant_effects_burst: 20_000,
             clock: Arc::new(SystemClock),
             decide_hook: None,
+            work_hook: None,
             checkpoint_every_entries: 1000,
             store_fault: None,
             webhook: None,

@@ -55,6 +55,17 @@ pub(crate) enum Work {
     },
 }
 
+impl Work {
+    /// The stream the item is about.
+    fn stream(&self) -> &str {
+        match self {
+            Work::Customer { event, .. } => event.customer_id.as_str(),
+            Work::Catalog { command, .. } => command.sku().as_str(),
+            Work::Read { stream, .. } => stream,
+        }
+    }
+}
+
 pub(crate) struct Shard {
     pub inner: Arc<Inner>,
     pub cache: HashMap<String, StreamState>,
@@ -63,8 +74,37 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Work>) {
-        while let Some(work) = rx.recv().await {
+    /// Runs the shard under supervision: if its task dies of a panic outside a decision (which
+    /// is caught where it happens), a fresh shard with an empty cache takes over the same mailbox
+    /// and reloads its streams from the store on demand. The caller of the item in progress is
+    /// told the engine could not answer; nothing of it was acknowledged.
+    pub async fn supervise(inner: Arc<Inner>, rx: mpsc::Receiver<Work>) {
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        loop {
+            let shard = Shard {
+                inner: inner.clone(),
+                cache: HashMap::new(),
+                loaded: VecDeque::new(),
+            };
+            let run = tokio::spawn(shard.run(rx.clone()));
+            match run.await {
+                Err(e) if e.is_panic() => {
+                    inner
+                        .shard_restarts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                _ => break, // the mailbox closed: the engine is shutting down
+            }
+        }
+    }
+
+    async fn run(mut self, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Work>>>) {
+        loop {
+            let work = rx.lock().await.recv().await;
+            let Some(work) = work else { break };
+            if let Some(hook) = &self.inner.options.work_hook {
+                hook(work.stream());
+            }
             match work {
                 Work::Customer {
                     tenant,

@@ -399,3 +399,43 @@ async fn the_idempotency_store_is_bounded_by_window_and_count() {
     assert!(app.store().idempotency("t1", "old-4").unwrap().is_none());
     assert!(app.store().idempotency("t1", "new").unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_dies_is_restarted_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(t0());
+    let mut o = options(dir.path(), &clock);
+    o.shards = 1;
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trigger = armed.clone();
+    o.work_hook = Some(Arc::new(move |what: &str| {
+        if what == "crashy" && trigger.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected panic outside a decision");
+        }
+    }));
+    let app = App::open(o).unwrap();
+    publish(&app, "t1", "pro", 2000, false).await;
+    app.submit_event("t1", Some("a"), subscribe("steady", "pro"))
+        .await
+        .unwrap();
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let lost = app
+        .submit_event("t1", Some("b"), subscribe("crashy", "pro"))
+        .await;
+    assert!(
+        matches!(lost, Err(Error::ShuttingDown)),
+        "the item in progress is not acknowledged: {lost:?}"
+    );
+    // The supervisor sees the panic right after the caller does.
+    while app.shard_restarts() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert_eq!(app.shard_restarts(), 1);
+    // The restarted shard serves everyone, from the store.
+    assert!(app.customer("t1", "steady").await.unwrap().is_some());
+    let retry = app
+        .submit_event("t1", Some("b"), subscribe("crashy", "pro"))
+        .await
+        .unwrap();
+    assert!(!retry.replayed, "nothing of the lost item was stored");
+}
