@@ -5,6 +5,7 @@
 
 mod demo;
 mod ingest;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,21 @@ enum Command {
     Governors {
         #[command(subcommand)]
         command: GovernorsCommand,
+    },
+    /// Serves the HTTP API (SPEC 3.2) on the embedded store.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "MARKETGOV_LISTEN")]
+        listen: std::net::SocketAddr,
+        /// The data directory (created on first start).
+        #[arg(long, default_value = "./marketgov-data", env = "MARKETGOV_DATA_DIR")]
+        data_dir: PathBuf,
+        /// `system`, or `manual` (tests and demos; loopback only; adds POST /v1/admin/clock).
+        #[arg(long, value_enum, default_value_t = ClockKind::System, env = "MARKETGOV_CLOCK")]
+        clock: ClockKind,
+        /// Where a manual clock starts (RFC 3339; default: the system time at start).
+        #[arg(long, env = "MARKETGOV_CLOCK_START")]
+        clock_start: Option<String>,
     },
     /// Decides inputs given as JSON lines on stdin on the durable store, acknowledging each once synced.
     Ingest {
@@ -87,6 +103,12 @@ enum GovernorsCommand {
         #[arg(long, default_value = "docs")]
         out_dir: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClockKind {
+    System,
+    Manual,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -165,6 +187,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             concurrency,
         } => ingest::run(data_dir, concurrency),
+        Command::Serve {
+            listen,
+            data_dir,
+            clock,
+            clock_start,
+        } => serve::run(listen, data_dir, clock == ClockKind::Manual, clock_start),
         Command::Audit {
             command: AuditCommand::Verify { data_dir },
         } => audit_verify(&data_dir),

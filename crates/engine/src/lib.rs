@@ -9,6 +9,7 @@
 //! **What it must not know:** HTTP, MCP, command lines, or which database the store uses beyond
 //! opening the embedded one.
 
+mod apikeys;
 mod app;
 mod clock;
 mod effects;
@@ -21,6 +22,7 @@ mod webhook;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use apikeys::{constant_time_eq, key_hash, new_key};
 pub use app::{verify_store, App, ReceiptView, Reply};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use effects::{

@@ -304,6 +304,7 @@ fn write_commit(
         ("cases", &commit.cases),
         ("inventory", &commit.inventory),
         ("review_queue", &commit.review),
+        ("api_keys", &commit.api_keys),
     ] {
         for w in writes.iter() {
             let sum = checksum(&w.body);

@@ -252,6 +252,8 @@ pub struct Commit {
     pub inventory: Vec<VersionedWrite>,
     /// Review-queue items (key: the parked event's id).
     pub review: Vec<VersionedWrite>,
+    /// API keys (key: the SHA-256 of the API key).
+    pub api_keys: Vec<VersionedWrite>,
 }
 
 impl Commit {
@@ -344,6 +346,8 @@ pub enum VersionedTable {
     Inventory,
     /// The review queue.
     Review,
+    /// API keys, by the SHA-256 of the key (never the key itself).
+    ApiKeys,
 }
 
 impl VersionedTable {
@@ -354,6 +358,7 @@ impl VersionedTable {
             Self::Cases => "cases",
             Self::Inventory => "inventory",
             Self::Review => "review_queue",
+            Self::ApiKeys => "api_keys",
         }
     }
 }

@@ -1,0 +1,94 @@
+//! `marketgov serve`: the HTTP API on the embedded store.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use marketgov_engine::{key_hash, new_key, App, EngineOptions, ManualClock};
+use marketgov_server::ServerState;
+
+/// The admin key's file inside the data directory.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+
+pub fn run(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    manual: bool,
+    clock_start: Option<String>,
+) -> anyhow::Result<()> {
+    if manual && !listen.ip().is_loopback() {
+        bail!("--clock manual is for tests and demos and is refused unless listening on loopback (got {listen})");
+    }
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let admin_key = admin_key(&data_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let mut options = EngineOptions::new(&data_dir);
+        if manual {
+            let start = match clock_start {
+                Some(text) => text
+                    .parse()
+                    .with_context(|| format!("--clock-start {text}"))?,
+                None => jiff::Timestamp::now(),
+            };
+            options.clock = Arc::new(ManualClock::starting_at(start));
+        }
+        let app = App::open(options).with_context(|| format!("opening {}", data_dir.display()))?;
+        // Timers that came due while the server was down fire at once.
+        app.fire_due_timers().await?;
+        let state = ServerState {
+            app,
+            admin_key_hash: key_hash(&admin_key),
+            manual_clock: manual,
+        };
+        eprintln!(
+            "marketgov: serving on http://{listen} (data in {}, clock {})",
+            data_dir.display(),
+            if manual { "manual" } else { "system" }
+        );
+        marketgov_server::serve(state, listen)
+            .await
+            .with_context(|| format!("serving on {listen}"))?;
+        eprintln!("marketgov: stopped");
+        Ok(())
+    })
+}
+
+/// The admin key: `MARKETGOV_ADMIN_KEY` when set, else `<data-dir>/admin.key`, created (mode
+/// 0600) on first start.
+fn admin_key(data_dir: &Path) -> anyhow::Result<String> {
+    if let Ok(key) = std::env::var("MARKETGOV_ADMIN_KEY") {
+        if !key.trim().is_empty() {
+            return Ok(key.trim().to_owned());
+        }
+    }
+    let path = data_dir.join(ADMIN_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(key) => Ok(key.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = new_key()?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            writeln!(file, "{key}")
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("marketgov: created the admin key in {}", path.display());
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}

@@ -1,0 +1,387 @@
+//! The real binary serving HTTP: events with idempotency rules, customers, products, tenants and
+//! keys, limits, the manual clock driving the 24/48/72 h escalation, and a restart that loses
+//! nothing acknowledged.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const ADMIN: &str = "test-admin-key";
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(dir: &std::path::Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_marketgov"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ])
+            .args(["--clock", "manual", "--clock-start", "2026-01-01T00:00:00Z"])
+            .env("MARKETGOV_ADMIN_KEY", ADMIN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server { child, port };
+        for _ in 0..500 {
+            if server.call("GET", "/healthz", None, &[]).0 == 200 {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the server did not start");
+    }
+
+    /// One request over a fresh connection: `(status, headers, body)`.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, Value) {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return (0, String::new(), Value::Null);
+        };
+        let body = body.unwrap_or("");
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        if stream.write_all(request.as_bytes()).is_err() {
+            return (0, String::new(), Value::Null);
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (
+            status,
+            head.to_ascii_lowercase(),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        )
+    }
+
+    fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (u16, String, Value) {
+        let text = body.map(|b| b.to_string());
+        let auth = format!("Bearer {ADMIN}");
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if let Some(k) = key {
+            headers.push(("Idempotency-Key", k));
+        }
+        self.call(method, path, text.as_deref(), &headers)
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn product(server: &Server, sku: &str, approval: bool) {
+    let (status, head, body) = server.admin(
+        "PUT",
+        &format!("/v1/products/{sku}"),
+        Some(json!({"name": sku, "price": 2000, "currency": "USD", "billing_period_days": 30, "requires_approval": approval, "publish": true})),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["state"].as_str(), body["version"].as_u64()),
+        (Some("published"), Some(2))
+    );
+    assert!(head.contains("etag: 2"));
+}
+
+#[test]
+fn events_follow_every_idempotency_rule_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    product(&server, "pro", false);
+    let sub = json!({"type": "customer_subscribes", "customer_id": "c1", "sku": "pro"});
+
+    let (status, head, first) = server.admin("POST", "/v1/events", Some(sub.clone()), Some("k1"));
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["status"], "completed");
+    assert!(first["phases"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|x| x == "coordinating_fsms")));
+    assert_eq!(first["governors"][0]["governor"], "compliance");
+    assert!(first["receipt"]["hash"]
+        .as_str()
+        .is_some_and(|h| h.len() == 64));
+    assert!(!head.contains("idempotent-replayed"));
+
+    let (status, head, again) = server.admin("POST", "/v1/events", Some(sub.clone()), Some("k1"));
+    assert_eq!(status, 200);
+    assert!(head.contains("idempotent-replayed: true"));
+    assert_eq!(again, first, "the identical body");
+
+    let other = json!({"type": "customer_subscribes", "customer_id": "c2", "sku": "pro"});
+    let (status, head, problem) =
+        server.admin("POST", "/v1/events", Some(other.clone()), Some("k1"));
+    assert_eq!(status, 422);
+    assert!(head.contains("content-type: application/problem+json"));
+    assert_eq!(
+        problem["type"],
+        "https://marketgov.dev/problems/idempotency_key_reused"
+    );
+
+    // A key in the body works like the header.
+    let mut with_key = other.clone();
+    with_key["idempotency_key"] = json!("k2");
+    assert_eq!(
+        server.admin("POST", "/v1/events", Some(with_key), None).0,
+        200
+    );
+    // No key, a bad body, a deep body, a huge body, no auth: refused before any work.
+    assert_eq!(
+        server
+            .admin("POST", "/v1/events", Some(other.clone()), None)
+            .0,
+        400
+    );
+    assert_eq!(
+        server
+            .call(
+                "POST",
+                "/v1/events",
+                Some("{not json"),
+                &[
+                    ("Authorization", &format!("Bearer {ADMIN}")),
+                    ("Idempotency-Key", "k3")
+                ]
+            )
+            .0,
+        400
+    );
+    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    assert_eq!(
+        server
+            .call(
+                "POST",
+                "/v1/events",
+                Some(&deep),
+                &[
+                    ("Authorization", &format!("Bearer {ADMIN}")),
+                    ("Idempotency-Key", "k4")
+                ]
+            )
+            .0,
+        400
+    );
+    let huge = format!(
+        "{{\"type\":\"customer_cancels\",\"customer_id\":\"c1\",\"reason\":\"{}\"}}",
+        "x".repeat(1_100_000)
+    );
+    assert_eq!(
+        server
+            .call(
+                "POST",
+                "/v1/events",
+                Some(&huge),
+                &[
+                    ("Authorization", &format!("Bearer {ADMIN}")),
+                    ("Idempotency-Key", "k5")
+                ]
+            )
+            .0,
+        413
+    );
+    assert_eq!(
+        server
+            .call(
+                "POST",
+                "/v1/events",
+                Some(&sub.to_string()),
+                &[("Idempotency-Key", "k6")]
+            )
+            .0,
+        401
+    );
+    // Invalid input stores nothing: the corrected retry with the same key runs.
+    let bad = json!({"type": "payment_processed", "customer_id": "c1", "amount": -1, "currency": "USD", "payment_id": "p"});
+    assert_eq!(
+        server.admin("POST", "/v1/events", Some(bad), Some("k7")).0,
+        422
+    );
+    let good = json!({"type": "payment_processed", "customer_id": "c1", "amount": 1, "currency": "USD", "payment_id": "p"});
+    assert_eq!(
+        server.admin("POST", "/v1/events", Some(good), Some("k7")).0,
+        200
+    );
+    // A refused transition answers 409 with the result's shape.
+    let approve = json!({"type": "entitlement_approved", "customer_id": "c1"});
+    let (status, _, refused) = server.admin("POST", "/v1/events", Some(approve), Some("k8"));
+    assert_eq!(
+        (status, refused["status"].as_str()),
+        (409, Some("rejected"))
+    );
+
+    let (status, _, customer) = server.admin("GET", "/v1/customers/c1", None, None);
+    assert_eq!(status, 200);
+    assert_eq!(customer["governors"]["entitlement"]["state"], "active");
+    assert_eq!(
+        server.admin("GET", "/v1/customers/nobody", None, None).0,
+        404
+    );
+    assert!(server.stop().success(), "SIGTERM stops it cleanly");
+}
+
+#[test]
+fn tenants_see_only_their_own_customers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    product(&server, "pro", false);
+    let sub = json!({"type": "customer_subscribes", "customer_id": "shared-id", "sku": "pro"});
+    assert_eq!(
+        server.admin("POST", "/v1/events", Some(sub), Some("a1")).0,
+        200
+    );
+    let (status, _, created) = server.admin(
+        "POST",
+        "/v1/admin/keys",
+        Some(json!({"tenant": "acme"})),
+        None,
+    );
+    assert_eq!(status, 201);
+    let key = created["key"].as_str().unwrap().to_owned();
+    let auth = format!("Bearer {key}");
+    let (status, _, _) = server.call(
+        "GET",
+        "/v1/customers/shared-id",
+        None,
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(
+        status, 404,
+        "another tenant's customer does not exist for acme"
+    );
+    assert_eq!(
+        server
+            .call(
+                "POST",
+                "/v1/admin/keys",
+                Some("{\"tenant\":\"x\"}"),
+                &[("Authorization", &auth)]
+            )
+            .0,
+        403
+    );
+    assert_eq!(
+        server
+            .call(
+                "POST",
+                "/v1/admin/clock",
+                Some("{\"advance_seconds\":1}"),
+                &[("Authorization", &auth)]
+            )
+            .0,
+        403
+    );
+}
+
+#[test]
+fn the_manual_clock_drives_the_escalation_and_a_restart_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    product(&server, "gated", true);
+    let sub = json!({"type": "customer_subscribes", "customer_id": "c1", "sku": "gated"});
+    assert_eq!(
+        server
+            .admin("POST", "/v1/events", Some(sub.clone()), Some("s1"))
+            .0,
+        200
+    );
+    let state = |s: &Server| {
+        s.admin("GET", "/v1/customers/c1", None, None).2["governors"]["entitlement"].clone()
+    };
+
+    let (status, _, now) = server.admin(
+        "POST",
+        "/v1/admin/clock",
+        Some(json!({"advance_seconds": 24 * 3600})),
+        None,
+    );
+    assert_eq!(
+        (status, now["now"].as_str()),
+        (200, Some("2026-01-02T00:00:00Z"))
+    );
+    assert_eq!(
+        (
+            state(&server)["state"].as_str(),
+            state(&server)["escalation_level"].as_u64()
+        ),
+        (Some("escalated"), Some(1))
+    );
+    assert!(server.stop().success());
+
+    // Restart in the middle: everything acknowledged is there, the clock goes on from its flag.
+    let server = Server::start(dir.path());
+    let (status, head, _) = server.admin("POST", "/v1/events", Some(sub), Some("s1"));
+    assert!(
+        status == 200 && head.contains("idempotent-replayed: true"),
+        "the acknowledged event survived"
+    );
+    server.admin(
+        "POST",
+        "/v1/admin/clock",
+        Some(json!({"set": "2026-01-03T00:00:00Z"})),
+        None,
+    );
+    assert_eq!(state(&server)["escalation_level"].as_u64(), Some(2));
+    server.admin(
+        "POST",
+        "/v1/admin/clock",
+        Some(json!({"set": "2026-01-04T00:00:00Z"})),
+        None,
+    );
+    assert_eq!(
+        state(&server)["state"].as_str(),
+        Some("active"),
+        "approved automatically at 72 h"
+    );
+    let (status, _, report) = server.admin("GET", "/v1/audit/verify", None, None);
+    assert_eq!(
+        (status, report["ok"].as_bool()),
+        (200, Some(true)),
+        "{report}"
+    );
+}
