@@ -385,3 +385,89 @@ fn the_manual_clock_drives_the_escalation_and_a_restart_loses_nothing() {
         "{report}"
     );
 }
+
+#[test]
+fn batches_and_agent_envelopes_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    product(&server, "pro", false);
+    let batch = json!({"events": [
+        {"type": "customer_subscribes", "customer_id": "b1", "sku": "pro", "idempotency_key": "b-1"},
+        {"type": "customer_subscribes", "customer_id": "b2", "sku": "nope", "idempotency_key": "b-2"},
+        {"type": "customer_subscribes", "customer_id": "b3", "sku": "pro"},
+    ]});
+    let (status, _, body) = server.admin("POST", "/v1/events:batch", Some(batch), None);
+    assert_eq!(status, 200, "{body}");
+    let codes: Vec<u64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["http_status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, vec![200, 409, 400], "each event has its own result");
+
+    let envelope = |seq: u64, key: &str, event_type: &str, body: Value| {
+        json!({"event_id": format!("e{seq}"), "event_type": event_type, "sequence_number": seq, "idempotency_key": key,
+            "timestamp_utc": "2026-02-21T14:00:00Z", "source_agent": "shop", "source_region": "eu", "event": body})
+    };
+    let (status, _, ack) = server.admin(
+        "POST",
+        "/v1/a2a/messages",
+        Some(envelope(1, "a", "OrderCreated", json!({"orderId": "o9"}))),
+        None,
+    );
+    assert_eq!(
+        (status, ack["status"].as_str(), ack["case_id"].as_str()),
+        (200, Some("processed"), Some("ProcessOrder-o9"))
+    );
+    let (status, _, dup) = server.admin(
+        "POST",
+        "/v1/a2a/messages",
+        Some(envelope(1, "a", "OrderCreated", json!({"orderId": "o9"}))),
+        None,
+    );
+    assert_eq!((status, dup["status"].as_str()), (200, Some("duplicate")));
+    let (status, _, gap) = server.admin(
+        "POST",
+        "/v1/a2a/messages",
+        Some(envelope(
+            5,
+            "c",
+            "PaymentAuthorized",
+            json!({"order_id": "o9"}),
+        )),
+        None,
+    );
+    assert_eq!(
+        (status, gap["gap_detected"]["missing"].as_u64()),
+        (200, Some(3))
+    );
+    let (status, head, late) = server.admin(
+        "POST",
+        "/v1/a2a/messages",
+        Some(envelope(2, "b", "OrderShipped", json!({"order_id": "o9"}))),
+        None,
+    );
+    assert_eq!(
+        (status, late["last_accepted_sequence"].as_u64()),
+        (409, Some(5))
+    );
+    assert!(head.contains("application/problem+json"));
+    let (status, _, refused) = server.admin(
+        "POST",
+        "/v1/a2a/messages",
+        Some(envelope(6, "d", "OrderShipped", json!({"order_id": "o9"}))),
+        None,
+    );
+    assert_eq!(
+        (status, refused["status"].as_str()),
+        (409, Some("rejected"))
+    );
+    let (status, _, _) = server.admin(
+        "POST",
+        "/v1/a2a/messages",
+        Some(json!({"event_id": "x"})),
+        None,
+    );
+    assert_eq!(status, 422);
+}

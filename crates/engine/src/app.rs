@@ -141,7 +141,7 @@ pub struct App {
 }
 
 /// Removes an in-flight key when the request ends, however it ends.
-struct InFlight {
+pub(crate) struct InFlight {
     map: Arc<Mutex<HashMap<(String, String), ()>>>,
     key: (String, String),
 }
@@ -310,10 +310,25 @@ impl App {
         let Some(key) = key else {
             return Ok(Claimed::None);
         };
+        match self.claim_raw(tenant, key, operation, fingerprint(operation, input)?)? {
+            Claim::Seen(response) => Ok(Claimed::Replay(self.replay(&response)?)),
+            Claim::New(claim, guard) => Ok(Claimed::New(Some(claim), Some(guard))),
+        }
+    }
+
+    /// Reserves `key` for one request: [`Claim::Seen`] with the stored response when it was used
+    /// for the same operation and content within the window; [`Error::KeyReused`] when used for
+    /// something else; [`Error::KeyInFlight`] while another request holds it.
+    pub(crate) fn claim_raw(
+        &self,
+        tenant: &str,
+        key: &str,
+        operation: &'static str,
+        fingerprint: [u8; 32],
+    ) -> Result<Claim, Error> {
         if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LEN_MAX {
             return Err(Error::BadKey);
         }
-        let fingerprint = fingerprint(operation, input)?;
         let map_key = (tenant.to_owned(), key.to_owned());
         {
             let mut map = self
@@ -341,19 +356,40 @@ impl App {
                     key: key.to_owned(),
                 });
             } else {
-                return Ok(Claimed::Replay(self.replay(&record.response)?));
+                return Ok(Claim::Seen(record.response));
             }
         }
-        Ok(Claimed::New(
-            Some(KeyClaim {
+        Ok(Claim::New(
+            KeyClaim {
                 tenant: tenant.to_owned(),
                 key: key.to_owned(),
                 operation,
                 fingerprint,
                 replaces_expired,
-            }),
-            Some(guard),
+            },
+            guard,
         ))
+    }
+
+    /// Sends an envelope to its stream's shard.
+    pub(crate) async fn send_agent(
+        &self,
+        stream: &str,
+        tenant: &str,
+        claim: KeyClaim,
+        envelope: marketgov_core::cases::Envelope,
+        reply: oneshot::Sender<Result<crate::agents::AgentReply, Error>>,
+    ) -> Result<(), Error> {
+        self.send(
+            stream,
+            Work::Agent {
+                tenant: tenant.to_owned(),
+                claim,
+                envelope,
+                reply,
+            },
+        )
+        .await
     }
 
     fn replay(&self, response: &[u8]) -> Result<Reply, Error> {
@@ -425,6 +461,14 @@ impl App {
     pub fn audit_public_key(&self) -> Result<String, Error> {
         Ok(keys::load_or_create(&self.inner.options.data_dir)?.public_key_hex())
     }
+}
+
+/// The outcome of reserving an idempotency key.
+pub(crate) enum Claim {
+    /// Used before for the same operation and content: the stored response.
+    Seen(Vec<u8>),
+    /// Free: the claim to write with the decision, and the in-flight guard.
+    New(KeyClaim, InFlight),
 }
 
 enum Claimed {

@@ -9,6 +9,7 @@
 //! **What it must not know:** HTTP, MCP, command lines, or which database the store uses beyond
 //! opening the embedded one.
 
+mod agents;
 mod apikeys;
 mod app;
 mod clock;
@@ -22,6 +23,7 @@ mod webhook;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use agents::{AgentReply, CASE_CONFLICT_RETRIES_MAX};
 pub use apikeys::{constant_time_eq, key_hash, new_key};
 pub use app::{verify_store, App, ReceiptView, Reply};
 pub use clock::{Clock, ManualClock, SystemClock};

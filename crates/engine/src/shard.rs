@@ -53,6 +53,12 @@ pub(crate) enum Work {
         stream: String,
         reply: oneshot::Sender<Result<StreamState, Error>>,
     },
+    Agent {
+        tenant: String,
+        claim: KeyClaim,
+        envelope: marketgov_core::cases::Envelope,
+        reply: oneshot::Sender<Result<crate::agents::AgentReply, Error>>,
+    },
 }
 
 impl Work {
@@ -62,6 +68,7 @@ impl Work {
             Work::Customer { event, .. } => event.customer_id.as_str(),
             Work::Catalog { command, .. } => command.sku().as_str(),
             Work::Read { stream, .. } => stream,
+            Work::Agent { envelope, .. } => &envelope.source_agent,
         }
     }
 }
@@ -126,6 +133,16 @@ impl Shard {
                 }
                 Work::Read { stream, reply } => {
                     let _ = reply.send(self.state(&stream).cloned());
+                }
+                Work::Agent {
+                    tenant,
+                    claim,
+                    envelope,
+                    reply,
+                } => {
+                    let result =
+                        crate::agents::decide_agent(&self.inner, &tenant, claim, envelope).await;
+                    let _ = reply.send(result);
                 }
             }
         }

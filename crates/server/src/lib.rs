@@ -53,6 +53,8 @@ pub struct ServerState {
 pub fn router(state: ServerState) -> Router {
     Router::new()
         .route("/v1/events", post(post_event))
+        .route("/v1/events:batch", post(post_events_batch))
+        .route("/v1/a2a/messages", post(post_a2a))
         .route("/v1/customers/{id}", get(get_customer))
         .route("/v1/products/{sku}", put(put_product))
         .route("/v1/audit/verify", get(audit_verify))
@@ -217,6 +219,131 @@ async fn post_event(
         .submit_event(&who.tenant, Some(&key), event)
         .await?;
     Ok(reply_response(reply))
+}
+
+/// Events decided per batch at most.
+pub const BATCH_EVENTS_MAX: usize = 1000;
+
+/// `POST /v1/events:batch`: `{"events": [...]}` (or a bare array), each event with its own
+/// `idempotency_key`; answers each one's HTTP status and body, in order.
+async fn post_events_batch(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let who = caller(&state, &headers)?;
+    let value = body_json(body).await?;
+    let events = match value {
+        Value::Array(items) => items,
+        Value::Object(mut obj) => match obj.remove("events") {
+            Some(Value::Array(items)) => items,
+            _ => {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_batch",
+                    "send {\"events\": [...]}",
+                ))
+            }
+        },
+        _ => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_batch",
+                "send {\"events\": [...]}",
+            ))
+        }
+    };
+    if events.len() > BATCH_EVENTS_MAX {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("at most {BATCH_EVENTS_MAX} events per batch"),
+        ));
+    }
+    let runs = events.into_iter().map(|mut item| {
+        let (app, tenant) = (state.app.clone(), who.tenant.clone());
+        async move {
+            let key = item.get("idempotency_key").and_then(Value::as_str).map(str::to_owned);
+            if let Some(obj) = item.as_object_mut() {
+                obj.remove("idempotency_key");
+            }
+            let outcome: Result<marketgov_engine::Reply, Problem> = async {
+                let key = key.clone().ok_or_else(|| Problem::new(StatusCode::BAD_REQUEST, "idempotency_key_required", "each event needs its `idempotency_key`"))?;
+                let Input::Customer(event) = Input::from_value(item).map_err(input_problem)? else {
+                    return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", "not a customer event"));
+                };
+                Ok(app.submit_event(&tenant, Some(&key), event).await?)
+            }
+            .await;
+            match outcome {
+                Ok(reply) => json!({"idempotency_key": key, "http_status": event_status(reply.status).as_u16(), "replayed": reply.replayed, "body": reply.body}),
+                Err(p) => json!({"idempotency_key": key, "http_status": p.status.as_u16(), "body": {
+                    "type": format!("{PROBLEM_BASE}{}", p.code), "status": p.status.as_u16(), "detail": p.detail}}),
+            }
+        }
+    });
+    // Events of one batch run concurrently (different customers in parallel, each customer's in
+    // order of arrival at its shard).
+    let mut tasks = Vec::new();
+    for run in runs {
+        tasks.push(tokio::spawn(run));
+    }
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await.map_err(|e| {
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?);
+    }
+    Ok(axum::Json(json!({"results": results})).into_response())
+}
+
+/// `POST /v1/a2a/messages`: an agent envelope (SPEC 2.4).
+async fn post_a2a(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let who = caller(&state, &headers)?;
+    let value = body_json(body).await?;
+    let envelope: marketgov_core::cases::Envelope = serde_json::from_value(value).map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_envelope",
+            e.to_string(),
+        )
+    })?;
+    envelope.validate().map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_envelope",
+            e.to_string(),
+        )
+    })?;
+    Ok(
+        match state.app.submit_envelope(&who.tenant, envelope).await? {
+            marketgov_engine::AgentReply::Ack(body) => {
+                (StatusCode::OK, axum::Json(body)).into_response()
+            }
+            marketgov_engine::AgentReply::Refused(body) => {
+                (StatusCode::CONFLICT, axum::Json(body)).into_response()
+            }
+            marketgov_engine::AgentReply::OutOfOrder { last_accepted } => {
+                let body = json!({
+                    "type": format!("{PROBLEM_BASE}out_of_order"),
+                    "title": "out of order",
+                    "status": 409,
+                    "detail": format!("sequence not after the last accepted {last_accepted}, and its key was never seen"),
+                    "last_accepted_sequence": last_accepted,
+                });
+                let mut response = (StatusCode::CONFLICT, body.to_string()).into_response();
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/problem+json"),
+                );
+                response
+            }
+        },
+    )
 }
 
 async fn get_customer(
