@@ -471,3 +471,128 @@ fn batches_and_agent_envelopes_over_http() {
     );
     assert_eq!(status, 422);
 }
+
+#[test]
+fn queries_cases_history_products_review_queue_and_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    product(&server, "basic", false);
+    product(&server, "pro", false);
+    let (status, _, products) = server.admin("GET", "/v1/products", None, None);
+    assert_eq!(
+        (status, products["products"].as_array().map(Vec::len)),
+        (200, Some(2))
+    );
+
+    let send = |key: &str, body: Value| server.admin("POST", "/v1/events", Some(body), Some(key));
+    send(
+        "1",
+        json!({"type": "customer_subscribes", "customer_id": "c1", "sku": "basic"}),
+    );
+    // Paid by transfer (the sandbox connector may pay the charge too: the rest is credit).
+    let payment = json!({"type": "payment_processed", "customer_id": "c1", "amount": 2000, "currency": "USD", "payment_id": "wire-1"});
+    assert_eq!(send("1b", payment).0, 200);
+    send(
+        "2",
+        json!({"type": "customer_upgrades", "customer_id": "c1", "old_sku": "basic", "new_sku": "pro", "occurred_at": "2026-01-01T00:00:00Z"}),
+    );
+    // A second change at the very same instant: no write is later, so it is parked.
+    let (status, _, parked) = send(
+        "3",
+        json!({"type": "customer_upgrades", "customer_id": "c1", "old_sku": "basic", "new_sku": "pro",
+        "occurred_at": "2026-01-01T00:00:00Z"}),
+    );
+    assert_eq!(
+        (status, parked["status"].as_str()),
+        (202, Some("needs_review")),
+        "{parked}"
+    );
+
+    let (status, _, history) = server.admin("GET", "/v1/customers/c1/history?limit=2", None, None);
+    assert_eq!(status, 200);
+    assert_eq!(history["entries"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        history["entries"][0]["input"]["type"],
+        "customer_subscribes"
+    );
+    assert!(history["entries"][0]["hash"]
+        .as_str()
+        .is_some_and(|h| h.len() == 64));
+    let cursor = history["next_cursor"].as_str().unwrap().to_owned();
+    let (_, _, rest) = server.admin(
+        "GET",
+        &format!("/v1/customers/c1/history?cursor={cursor}"),
+        None,
+        None,
+    );
+    let statuses: Vec<&str> = rest["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    assert!(statuses.contains(&"needs_review"), "{statuses:?}");
+
+    let (status, _, queue) = server.admin("GET", "/v1/review-queue", None, None);
+    assert_eq!(status, 200);
+    let item = queue["items"][0]["id"].as_str().unwrap().to_owned();
+    let (status, _, resolved) = server.admin(
+        "POST",
+        &format!("/v1/review-queue/{item}/resolve"),
+        Some(json!({"action": "discard"})),
+        None,
+    );
+    assert_eq!(
+        (status, resolved["resolved"].as_str()),
+        (200, Some("discard"))
+    );
+    assert_eq!(
+        server.admin("GET", "/v1/review-queue", None, None).2["items"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+
+    let envelope = |seq: u64, order: &str| {
+        json!({"event_id": format!("e{seq}"), "event_type": "OrderCreated", "sequence_number": seq, "idempotency_key": format!("k{seq}"),
+            "timestamp_utc": "2026-02-21T14:00:00Z", "source_agent": "shop", "source_region": "eu", "event": {"order_id": order}})
+    };
+    for (seq, order) in [(1, "o1"), (2, "o2"), (3, "o3")] {
+        assert_eq!(
+            server
+                .admin("POST", "/v1/a2a/messages", Some(envelope(seq, order)), None)
+                .0,
+            200
+        );
+    }
+    let (status, _, case) = server.admin("GET", "/v1/cases/ProcessOrder-o2", None, None);
+    assert_eq!(
+        (status, case["spec"].as_str(), case["status"].as_str()),
+        (200, Some("ProcessOrder"), Some("running"))
+    );
+    let (_, _, page) = server.admin(
+        "GET",
+        "/v1/cases?spec=ProcessOrder&status=running&limit=2",
+        None,
+        None,
+    );
+    assert_eq!(page["cases"].as_array().map(Vec::len), Some(2));
+    let next = page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, _, page2) = server.admin(
+        "GET",
+        &format!("/v1/cases?spec=ProcessOrder&limit=2&cursor={next}"),
+        None,
+        None,
+    );
+    assert_eq!(page2["cases"][0]["case_id"], "ProcessOrder-o3");
+    assert_eq!(
+        server
+            .admin("GET", "/v1/cases/ProcessOrder-nope", None, None)
+            .0,
+        404
+    );
+
+    let (status, _, stats) = server.admin("GET", "/v1/stats", None, None);
+    assert_eq!((status, stats["governors_total"].as_u64()), (200, Some(8)));
+    assert!(stats["events_processed"].as_u64().unwrap() >= 7);
+}

@@ -15,6 +15,7 @@ mod app;
 mod clock;
 mod effects;
 mod keys;
+mod queries;
 mod shard;
 mod stream;
 mod timers;
@@ -32,6 +33,7 @@ pub use effects::{
     SANDBOX_LEDGER_FILE,
 };
 pub use keys::{load_or_create as audit_signer, AUDIT_KEY_FILE};
+pub use queries::{Page, PAGE_LIMIT_MAX};
 pub use stream::LoggedDecision;
 pub use timers::{FIRINGS_PER_CALL_MAX, TIMERS_PER_ROUND_MAX};
 pub use webhook::{signature as webhook_signature, Webhook};

@@ -8,9 +8,13 @@
 //! limits, status codes and wire shapes. **What it must not know:** how decisions are made or
 //! stored.
 //!
-//! Built so far: `POST /v1/events`, `GET /v1/customers/{id}`, `PUT /v1/products/{sku}`,
-//! `GET /v1/audit/verify`, `GET /v1/audit/public-key`, `POST /v1/admin/keys`,
-//! `POST /v1/admin/clock` (manual clock only), `GET /healthz`, `GET /readyz`.
+//! Built so far: `POST /v1/events`, `POST /v1/events:batch`, `POST /v1/a2a/messages`,
+//! `GET /v1/customers/{id}`, `GET /v1/customers/{id}/history`, `GET /v1/products`,
+//! `PUT /v1/products/{sku}`, `GET /v1/cases/{id}`, `GET /v1/cases`, `GET /v1/review-queue`,
+//! `POST /v1/review-queue/{id}/resolve`, `GET /v1/stats`, `GET /v1/audit/verify`,
+//! `GET /v1/audit/public-key`, `POST /v1/admin/keys`, `POST /v1/admin/clock` (manual clock
+//! only), `GET /healthz`, `GET /readyz`. Not yet: the GCP Pub/Sub integration, `/metrics`,
+//! `/openapi.json`, the dashboard, `marketgov.toml`.
 
 mod problem;
 
@@ -56,6 +60,13 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/events:batch", post(post_events_batch))
         .route("/v1/a2a/messages", post(post_a2a))
         .route("/v1/customers/{id}", get(get_customer))
+        .route("/v1/customers/{id}/history", get(get_customer_history))
+        .route("/v1/products", get(get_products))
+        .route("/v1/cases", get(get_cases))
+        .route("/v1/cases/{id}", get(get_case))
+        .route("/v1/review-queue", get(get_review_queue))
+        .route("/v1/review-queue/{id}/resolve", post(resolve_review))
+        .route("/v1/stats", get(get_stats))
         .route("/v1/products/{sku}", put(put_product))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/audit/public-key", get(audit_public_key))
@@ -489,6 +500,179 @@ async fn put_product(
         response.headers_mut().insert(header::ETAG, etag);
     }
     Ok(response)
+}
+
+type Params = axum::extract::Query<std::collections::HashMap<String, String>>;
+
+fn limit_of(params: &Params) -> Result<usize, Problem> {
+    match params.get("limit") {
+        None => Ok(100),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=marketgov_engine::PAGE_LIMIT_MAX).contains(n))
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_limit",
+                    format!("limit must be 1..={}", marketgov_engine::PAGE_LIMIT_MAX),
+                )
+            }),
+    }
+}
+
+async fn get_customer_history(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Response, Problem> {
+    let who = caller(&state, &headers)?;
+    marketgov_core::ids::check_id("customer_id", &id).map_err(input_problem)?;
+    let after = params
+        .get("cursor")
+        .map_or(Ok(0), |c| c.parse::<u64>())
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+                "cursor is a version number",
+            )
+        })?;
+    let page = state
+        .app
+        .customer_history(&who.tenant, &id, after, limit_of(&params)?)?;
+    if page.items.is_empty() && after == 0 {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "customer_not_found",
+            format!("no customer `{id}`"),
+        ));
+    }
+    Ok(axum::Json(
+        json!({"customer_id": id, "entries": page.items, "next_cursor": page.next_cursor}),
+    )
+    .into_response())
+}
+
+async fn get_products(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let who = caller(&state, &headers)?;
+    let products: Vec<Value> = state
+        .app
+        .products(&who.tenant)?
+        .into_iter()
+        .map(|p| {
+            let mut v = serde_json::to_value(&p).unwrap_or_default();
+            v["state"] = json!(p.state.as_str());
+            v
+        })
+        .collect();
+    Ok(axum::Json(json!({"products": products})).into_response())
+}
+
+async fn get_case(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let who = caller(&state, &headers)?;
+    match state.app.case(&who.tenant, &id)? {
+        Some(case) => Ok(axum::Json(case).into_response()),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "case_not_found",
+            format!("no case `{id}`"),
+        )),
+    }
+}
+
+async fn get_cases(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, Problem> {
+    let who = caller(&state, &headers)?;
+    let spec = match params.get("spec") {
+        Some(s) => Some(marketgov_core::cases::CaseSpec::parse(s).ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_spec",
+                format!("unknown spec `{s}`"),
+            )
+        })?),
+        None => None,
+    };
+    let status = match params.get("status") {
+        Some(s) => Some(serde_json::from_value(json!(s)).map_err(|_| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_status",
+                format!("unknown status `{s}`"),
+            )
+        })?),
+        None => None,
+    };
+    let page = state.app.cases(
+        &who.tenant,
+        spec,
+        status,
+        limit_of(&params)?,
+        params.get("cursor").map(String::as_str),
+    )?;
+    Ok(axum::Json(json!({"cases": page.items, "next_cursor": page.next_cursor})).into_response())
+}
+
+async fn get_review_queue(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let who = caller(&state, &headers)?;
+    Ok(axum::Json(json!({"items": state.app.review_queue(&who.tenant)?})).into_response())
+}
+
+async fn resolve_review(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, Problem> {
+    let who = caller(&state, &headers)?;
+    let value = body_json(body).await?;
+    let action = value
+        .get("action")
+        .and_then(Value::as_str)
+        .unwrap_or("discard");
+    let actor = value
+        .get("actor")
+        .and_then(Value::as_str)
+        .unwrap_or(if who.admin { "admin" } else { "tenant" });
+    match state
+        .app
+        .resolve_review(&who.tenant, &id, action, actor)
+        .await
+    {
+        Ok(reply) => Ok(axum::Json(
+            json!({"id": id, "resolved": action, "result": reply.map(|r| r.body)}),
+        )
+        .into_response()),
+        Err(marketgov_engine::Error::Replay { detail, .. }) => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "review_item_not_found",
+            detail,
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn get_stats(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    caller(&state, &headers)?;
+    Ok(axum::Json(state.app.stats()?).into_response())
 }
 
 async fn audit_verify(

@@ -507,6 +507,94 @@ impl Store for SqliteStore {
         }
     }
 
+    fn versioned_list(
+        &self,
+        table: VersionedTable,
+        prefix: &str,
+        after_key: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, u64, Vec<u8>)>, Error> {
+        let conn = self.reader()?;
+        // Keys are ids of a validated character set, so `prefix` || x'FF' bounds the range.
+        let upper = format!("{prefix}\u{10FFFF}");
+        let mut st = conn
+            .prepare_cached(
+                "SELECT key, version, body, sum FROM versioned WHERE tbl = ?1 AND key > ?2 AND key >= ?3 AND key < ?4
+                 ORDER BY key LIMIT ?5",
+            )
+            .map_err(storage)?;
+        let rows = st
+            .query_map(
+                params![table.name(), after_key, prefix, upper, limit as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                    ))
+                },
+            )
+            .map_err(storage)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, version, body, sum) = row.map_err(storage)?;
+            verify_sum(&body, &sum, || format!("{}/{key}", table.name()))?;
+            out.push((key, version as u64, body));
+        }
+        Ok(out)
+    }
+
+    fn streams(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<String>, Error> {
+        let conn = self.reader()?;
+        let upper = format!("{prefix}\u{10FFFF}");
+        let mut st = conn
+            .prepare_cached(
+                "SELECT DISTINCT stream FROM events WHERE stream > ?1 AND stream >= ?2 AND stream < ?3 ORDER BY stream LIMIT ?4",
+            )
+            .map_err(storage)?;
+        let rows = st
+            .query_map(params![after, prefix, upper, limit as i64], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(storage)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(storage)
+    }
+
+    fn stream_history(
+        &self,
+        stream: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Entry)>, Error> {
+        let conn = self.reader()?;
+        let mut st = conn
+            .prepare_cached(
+                "SELECT stream_version, seq, prev_hash, hash, body FROM events
+                 WHERE stream = ?1 AND stream_version > ?2 ORDER BY stream_version LIMIT ?3",
+            )
+            .map_err(storage)?;
+        let rows = st
+            .query_map(params![stream, after_version as i64, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })
+            .map_err(storage)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (version, seq, prev, hash, body) = row.map_err(storage)?;
+            let entry = to_entry(seq, prev, hash, body)?;
+            check_entry(&entry)?;
+            out.push((version as u64, entry));
+        }
+        Ok(out)
+    }
+
     fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<Entry>, Error> {
         let conn = self.reader()?;
         let mut st = conn

@@ -325,6 +325,28 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// A versioned record (`sequences`, `cases`, `inventory`, `review`) by key.
     fn versioned(&self, table: VersionedTable, key: &str) -> Result<Option<(u64, Vec<u8>)>, Error>;
 
+    /// Versioned records of `table` whose key starts with `prefix`, after `after_key`, in key
+    /// order, at most `limit`: `(key, version, body)`.
+    fn versioned_list(
+        &self,
+        table: VersionedTable,
+        prefix: &str,
+        after_key: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, u64, Vec<u8>)>, Error>;
+
+    /// Streams whose name starts with `prefix`, after `after`, in order, at most `limit`.
+    fn streams(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<String>, Error>;
+
+    /// A stream's logged events after `after_version`, at most `limit`, each as its audit entry
+    /// with its stream version: `(stream_version, entry)`.
+    fn stream_history(
+        &self,
+        stream: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Entry)>, Error>;
+
     /// Audit entries from `from_seq`, at most `limit`, in order.
     fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<Entry>, Error>;
 
