@@ -596,3 +596,102 @@ fn queries_cases_history_products_review_queue_and_stats() {
     assert_eq!((status, stats["governors_total"].as_u64()), (200, Some(8)));
     assert!(stats["events_processed"].as_u64().unwrap() >= 7);
 }
+
+#[test]
+fn gcp_marketplace_notifications_map_onto_the_lifecycle() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    product(&server, "pro", false);
+    let push = |n: Value| {
+        let data = base64::engine::general_purpose::STANDARD.encode(n.to_string());
+        json!({"message": {"data": data, "messageId": "m", "publishTime": "2026-01-01T00:00:00Z"}, "subscription": "projects/p/subscriptions/s"})
+    };
+    let post = |n: Value| {
+        server.admin(
+            "POST",
+            "/v1/integrations/gcp-marketplace",
+            Some(push(n)),
+            None,
+        )
+    };
+
+    let (status, _, _) = post(
+        json!({"eventId": "g1", "eventType": "ACCOUNT_ACTIVE", "providerId": "p", "account": {"id": "acc-1", "updateTime": "t"}}),
+    );
+    assert_eq!(status, 200);
+    let create = json!({"eventId": "g2", "eventType": "ENTITLEMENT_CREATION_REQUESTED", "providerId": "p",
+        "entitlement": {"id": "ent-1", "updateTime": "t", "newPlan": "pro", "account": "providers/p/accounts/acc-1"}});
+    let (status, head, first) = post(create.clone());
+    assert_eq!(
+        (status, first["status"].as_str()),
+        (200, Some("completed")),
+        "{first}"
+    );
+    assert!(!head.contains("idempotent-replayed"));
+    let (status, head, again) = post(create);
+    assert!(
+        status == 200 && head.contains("idempotent-replayed: true"),
+        "a redelivery is deduplicated by eventId"
+    );
+    assert_eq!(again, first);
+
+    let (status, _, ignored) =
+        post(json!({"eventId": "g3", "eventType": "SOMETHING_NEW", "providerId": "p"}));
+    assert_eq!(
+        (status, ignored["status"].as_str()),
+        (200, Some("ignored")),
+        "unknown types are acknowledged, not failed"
+    );
+
+    // An entitlement before its account: parked, then applied when the account becomes active.
+    let early = json!({"eventId": "g4", "eventType": "ENTITLEMENT_CREATION_REQUESTED", "providerId": "p",
+        "entitlement": {"id": "ent-2", "updateTime": "t", "newPlan": "pro", "account": "providers/p/accounts/acc-2"}});
+    let (status, _, parked) = post(early);
+    assert_eq!((status, parked["status"].as_str()), (200, Some("parked")));
+    assert_eq!(
+        server.admin("GET", "/v1/customers/ent-2", None, None).0,
+        404
+    );
+    post(
+        json!({"eventId": "g5", "eventType": "ACCOUNT_ACTIVE", "providerId": "p", "account": {"id": "acc-2", "updateTime": "t"}}),
+    );
+    let (status, _, ent2) = server.admin("GET", "/v1/customers/ent-2", None, None);
+    assert_eq!(
+        (status, ent2["governors"]["subscription"]["sku"].as_str()),
+        (200, Some("pro"))
+    );
+
+    // The sandbox connector pays the first charge in the background; then the cancellation runs
+    // to the end of the paid period.
+    for _ in 0..500 {
+        if server.admin("GET", "/v1/customers/ent-1", None, None).2["governors"]["subscription"]
+            ["state"]
+            == "active"
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, _, _) = post(
+        json!({"eventId": "g6", "eventType": "ENTITLEMENT_PENDING_CANCELLATION", "providerId": "p",
+        "entitlement": {"id": "ent-1", "updateTime": "t", "account": "providers/p/accounts/acc-1"}}),
+    );
+    assert_eq!(status, 200);
+    let (_, _, ent1) = server.admin("GET", "/v1/customers/ent-1", None, None);
+    assert_eq!(
+        ent1["governors"]["subscription"]["state"],
+        "pending_cancellation"
+    );
+    assert_eq!(
+        server
+            .admin(
+                "POST",
+                "/v1/integrations/gcp-marketplace",
+                Some(json!({"message": {}})),
+                None
+            )
+            .0,
+        400
+    );
+}

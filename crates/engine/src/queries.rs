@@ -267,3 +267,82 @@ impl App {
         }))
     }
 }
+
+impl App {
+    /// Parks an input for an operator (or for a later automatic retry): a review item holding
+    /// the input, the reason and `extra` fields. Answers the item's id.
+    pub async fn park_input(
+        &self,
+        tenant: &str,
+        input: &Input,
+        reason: &str,
+        extra: Value,
+    ) -> Result<String, Error> {
+        let ctx = self.inner().context();
+        let mut item = json!({"tenant": tenant, "input": input, "reason": reason, "ctx": ctx});
+        if let (Some(obj), Value::Object(more)) = (item.as_object_mut(), extra) {
+            obj.extend(more);
+        }
+        let commit = Commit {
+            review: vec![VersionedWrite {
+                key: ctx.event_id.clone(),
+                expected_version: 0,
+                version: 1,
+                body: item.to_string().into_bytes(),
+            }],
+            ..Commit::default()
+        };
+        self.store()
+            .commit(commit)?
+            .await
+            .map_err(|_| Error::ShuttingDown)??;
+        Ok(ctx.event_id)
+    }
+
+    /// Records a notification that was acknowledged but not acted on, as an audit entry of the
+    /// tenant's `ignored:<source>` stream, so that nothing received goes unrecorded.
+    pub async fn record_ignored(
+        &self,
+        tenant: &str,
+        source: &str,
+        notification: Value,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let stream = format!("ignored:{tenant}/{source}");
+        let ctx = self.inner().context();
+        let version = self
+            .store()
+            .stream_history(&stream, 0, usize::MAX)
+            .map(|h| h.len() as u64)?
+            + 1;
+        let logged = LoggedDecision {
+            v: crate::stream::ENCODING_VERSION,
+            tenant: tenant.to_owned(),
+            stream: stream.clone(),
+            idempotency_key: None,
+            ctx: ctx.clone(),
+            input: notification,
+            products: Vec::new(),
+            status: marketgov_core::orchestrator::EventStatus::Completed,
+            result: json!({"ignored": reason}),
+        };
+        let commit = Commit {
+            events: vec![marketgov_store::EventWrite {
+                stream,
+                stream_version: version,
+                event_id: ctx.event_id.clone(),
+                at_ms: ctx.now.as_millisecond(),
+                body: serde_json::to_vec(&logged).map_err(|e| Error::Replay {
+                    location: "ignored".into(),
+                    detail: e.to_string(),
+                })?,
+            }],
+            ..Commit::default()
+        };
+        self.store()
+            .commit(commit)?
+            .await
+            .map_err(|_| Error::ShuttingDown)??;
+        Ok(())
+    }
+}

@@ -13,9 +13,10 @@
 //! `PUT /v1/products/{sku}`, `GET /v1/cases/{id}`, `GET /v1/cases`, `GET /v1/review-queue`,
 //! `POST /v1/review-queue/{id}/resolve`, `GET /v1/stats`, `GET /v1/audit/verify`,
 //! `GET /v1/audit/public-key`, `POST /v1/admin/keys`, `POST /v1/admin/clock` (manual clock
-//! only), `GET /healthz`, `GET /readyz`. Not yet: the GCP Pub/Sub integration, `/metrics`,
+//! only), `GET /healthz`, `GET /readyz`. `POST /v1/integrations/gcp-marketplace`. Not yet: `/metrics`,
 //! `/openapi.json`, the dashboard, `marketgov.toml`.
 
+mod gcp;
 mod problem;
 
 use std::net::SocketAddr;
@@ -59,6 +60,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/events", post(post_event))
         .route("/v1/events:batch", post(post_events_batch))
         .route("/v1/a2a/messages", post(post_a2a))
+        .route("/v1/integrations/gcp-marketplace", post(gcp::post_gcp))
         .route("/v1/customers/{id}", get(get_customer))
         .route("/v1/customers/{id}/history", get(get_customer_history))
         .route("/v1/products", get(get_products))
@@ -79,12 +81,12 @@ pub fn router(state: ServerState) -> Router {
 }
 
 /// Who is calling.
-struct Caller {
-    tenant: String,
-    admin: bool,
+pub(crate) struct Caller {
+    pub(crate) tenant: String,
+    pub(crate) admin: bool,
 }
 
-fn caller(state: &ServerState, headers: &HeaderMap) -> Result<Caller, Problem> {
+pub(crate) fn caller(state: &ServerState, headers: &HeaderMap) -> Result<Caller, Problem> {
     let unauthorized = || {
         Problem::new(
             StatusCode::UNAUTHORIZED,
@@ -116,7 +118,7 @@ fn caller(state: &ServerState, headers: &HeaderMap) -> Result<Caller, Problem> {
 }
 
 /// Reads a bounded JSON body.
-async fn body_json(body: Body) -> Result<Value, Problem> {
+pub(crate) async fn body_json(body: Body) -> Result<Value, Problem> {
     let bytes = to_bytes(body, BODY_BYTES_MAX).await.map_err(|_| {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
