@@ -65,10 +65,34 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// The tamper-evident audit log.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Creates a key for a tenant and prints it (it is shown once; only its hash is stored):
+    /// through a running server's admin API with `--server`, or directly on a stopped server's
+    /// data directory.
+    Create {
+        /// The tenant the key acts for.
+        #[arg(long)]
+        tenant: String,
+        /// A running server, e.g. `http://127.0.0.1:8080` (uses `MARKETGOV_ADMIN_KEY`, or the
+        /// admin key in `--data-dir`).
+        #[arg(long)]
+        server: Option<String>,
+        /// The data directory.
+        #[arg(long, default_value = "./marketgov-data", env = "MARKETGOV_DATA_DIR")]
+        data_dir: PathBuf,
     },
 }
 
@@ -126,6 +150,44 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn keys_create(
+    tenant: &str,
+    server: Option<&str>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let key = match server {
+        Some(url) => {
+            let admin = match std::env::var("MARKETGOV_ADMIN_KEY") {
+                Ok(k) if !k.trim().is_empty() => k.trim().to_owned(),
+                _ => std::fs::read_to_string(data_dir.join(serve::ADMIN_KEY_FILE))
+                    .map(|k| k.trim().to_owned())
+                    .map_err(|e| anyhow::anyhow!("no admin key: set MARKETGOV_ADMIN_KEY or point --data-dir at the server's data ({e})"))?,
+            };
+            let body = serde_json::json!({"tenant": tenant}).to_string();
+            let (status, reply) = serve::post(url, "/v1/admin/keys", &admin, &body)?;
+            if status != 201 {
+                anyhow::bail!("the server answered {status}: {reply}");
+            }
+            let reply: serde_json::Value = serde_json::from_str(&reply)?;
+            reply["key"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow::anyhow!("no key in the answer"))?
+        }
+        None => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let app = open_existing(data_dir)?;
+                Ok::<_, anyhow::Error>(app.create_api_key(tenant).await?)
+            })?
+        }
+    };
+    println!("{key}");
+    Ok(())
 }
 
 /// Opens an existing data directory (refusing to create one where none is).
@@ -187,6 +249,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             concurrency,
         } => ingest::run(data_dir, concurrency),
+        Command::Keys {
+            command:
+                KeysCommand::Create {
+                    tenant,
+                    server,
+                    data_dir,
+                },
+        } => keys_create(&tenant, server.as_deref(), &data_dir),
         Command::Serve {
             listen,
             data_dir,

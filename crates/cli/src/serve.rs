@@ -92,3 +92,31 @@ fn admin_key(data_dir: &Path) -> anyhow::Result<String> {
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
+
+/// A minimal HTTP/1.1 POST over plain TCP (the admin API is served on plain HTTP): answers the
+/// status and the body.
+pub fn post(base: &str, path: &str, bearer: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::Read;
+    let authority = base
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("{base}: only http:// is supported"))?
+        .trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(authority)
+        .with_context(|| format!("connecting to {authority}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}

@@ -695,3 +695,80 @@ fn gcp_marketplace_notifications_map_onto_the_lifecycle() {
         400
     );
 }
+
+#[test]
+fn keys_are_created_through_the_server_or_on_a_stopped_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_marketgov"))
+        .args([
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--server",
+            &format!("http://127.0.0.1:{}", server.port),
+        ])
+        .env("MARKETGOV_ADMIN_KEY", ADMIN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acme = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(
+        server
+            .call(
+                "GET",
+                "/v1/stats",
+                None,
+                &[("Authorization", &format!("Bearer {acme}"))]
+            )
+            .0,
+        200
+    );
+    assert!(server.stop().success());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_marketgov"))
+        .args([
+            "keys",
+            "create",
+            "--tenant",
+            "beta",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let beta = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let server = Server::start(dir.path());
+    assert_eq!(
+        server
+            .call(
+                "GET",
+                "/v1/stats",
+                None,
+                &[("Authorization", &format!("Bearer {beta}"))]
+            )
+            .0,
+        200
+    );
+    assert_eq!(
+        server
+            .call(
+                "GET",
+                "/v1/stats",
+                None,
+                &[("Authorization", "Bearer mg_not_a_key")]
+            )
+            .0,
+        401
+    );
+}
