@@ -3,6 +3,7 @@
 //! Owns argument parsing and wiring; decisions live in `marketgov-core`. Exit codes: 0 success,
 //! 1 a command failed (the message says why), 2 bad usage (clap's own code).
 
+mod config;
 mod demo;
 mod ingest;
 mod serve;
@@ -55,6 +56,28 @@ enum Command {
         /// Where a manual clock starts (RFC 3339; default: the system time at start).
         #[arg(long, env = "MARKETGOV_CLOCK_START")]
         clock_start: Option<String>,
+        /// A configuration file (default: `./marketgov.toml` when present).
+        #[arg(long, env = "MARKETGOV_CONFIG")]
+        config: Option<PathBuf>,
+        /// Shards customers are hashed onto.
+        #[arg(long, default_value_t = 64, env = "MARKETGOV_SHARDS")]
+        shards: usize,
+        /// A snapshot every this many events per stream.
+        #[arg(long, default_value_t = 64, env = "MARKETGOV_SNAPSHOT_EVERY_EVENTS")]
+        snapshot_every_events: u64,
+        /// How long idempotency keys are kept, in hours.
+        #[arg(long, default_value_t = 24, env = "MARKETGOV_IDEMPOTENCY_WINDOW_HOURS")]
+        idempotency_window_hours: i64,
+        /// Effects one tenant may start per second.
+        #[arg(
+            long,
+            default_value_t = 10_000,
+            env = "MARKETGOV_TENANT_EFFECTS_PER_SECOND"
+        )]
+        tenant_effects_per_second: u32,
+        /// Burst of the per-tenant effect rate.
+        #[arg(long, default_value_t = 20_000, env = "MARKETGOV_TENANT_EFFECTS_BURST")]
+        tenant_effects_burst: u32,
     },
     /// Decides inputs given as JSON lines on stdin on the durable store, acknowledging each once synced.
     Ingest {
@@ -142,7 +165,19 @@ enum DiagramFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let cli = match layer_config(cli, &matches) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("marketgov: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -188,6 +223,62 @@ fn keys_create(
     };
     println!("{key}");
     Ok(())
+}
+
+/// Applies `marketgov.toml` under the environment and flags (SPEC 3.5).
+fn layer_config(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<Cli> {
+    let Command::Serve {
+        listen,
+        data_dir,
+        clock,
+        clock_start,
+        config,
+        shards,
+        snapshot_every_events,
+        idempotency_window_hours,
+        tenant_effects_per_second,
+        tenant_effects_burst,
+    } = &mut cli.command
+    else {
+        return Ok(cli);
+    };
+    let Some(m) = matches.subcommand_matches("serve") else {
+        return Ok(cli);
+    };
+    let file = config::load(config.as_deref())?;
+    let d = |id: &str| config::defaulted(m, id);
+    if let (true, Some(v)) = (d("listen"), &file.listen) {
+        *listen = v.parse().with_context(|| format!("listen = {v:?}"))?;
+    }
+    if let (true, Some(v)) = (d("data_dir"), file.data_dir.clone()) {
+        *data_dir = v;
+    }
+    if let (true, Some(v)) = (d("clock"), &file.clock) {
+        *clock = <ClockKind as ValueEnum>::from_str(v, true)
+            .map_err(|e| anyhow::anyhow!("clock = {v:?}: {e}"))?;
+    }
+    if let (true, Some(v)) = (clock_start.is_none(), file.clock_start.clone()) {
+        *clock_start = Some(v);
+    }
+    if let (true, Some(v)) = (d("shards"), file.shards) {
+        *shards = v;
+    }
+    if let (true, Some(v)) = (d("snapshot_every_events"), file.snapshot_every_events) {
+        *snapshot_every_events = v;
+    }
+    if let (true, Some(v)) = (d("idempotency_window_hours"), file.idempotency_window_hours) {
+        *idempotency_window_hours = v;
+    }
+    if let (true, Some(v)) = (
+        d("tenant_effects_per_second"),
+        file.tenant_effects_per_second,
+    ) {
+        *tenant_effects_per_second = v;
+    }
+    if let (true, Some(v)) = (d("tenant_effects_burst"), file.tenant_effects_burst) {
+        *tenant_effects_burst = v;
+    }
+    Ok(cli)
 }
 
 /// Opens an existing data directory (refusing to create one where none is).
@@ -262,7 +353,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             clock,
             clock_start,
-        } => serve::run(listen, data_dir, clock == ClockKind::Manual, clock_start),
+            shards,
+            snapshot_every_events,
+            idempotency_window_hours,
+            tenant_effects_per_second,
+            tenant_effects_burst,
+            ..
+        } => serve::run(serve::Settings {
+            listen,
+            data_dir,
+            manual: clock == ClockKind::Manual,
+            clock_start,
+            shards,
+            snapshot_every_events,
+            idempotency_window_hours,
+            tenant_effects_per_second,
+            tenant_effects_burst,
+        }),
         Command::Audit {
             command: AuditCommand::Verify { data_dir },
         } => audit_verify(&data_dir),

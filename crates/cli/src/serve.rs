@@ -12,12 +12,33 @@ use marketgov_server::ServerState;
 /// The admin key's file inside the data directory.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
 
-pub fn run(
-    listen: SocketAddr,
-    data_dir: PathBuf,
-    manual: bool,
-    clock_start: Option<String>,
-) -> anyhow::Result<()> {
+/// What `serve` runs with, after layering (see `config.rs`).
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub manual: bool,
+    pub clock_start: Option<String>,
+    pub shards: usize,
+    pub snapshot_every_events: u64,
+    pub idempotency_window_hours: i64,
+    pub tenant_effects_per_second: u32,
+    pub tenant_effects_burst: u32,
+}
+
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    let (listen, data_dir, manual, clock_start) = (
+        settings.listen,
+        settings.data_dir.clone(),
+        settings.manual,
+        settings.clock_start.clone(),
+    );
+    if settings.shards == 0
+        || settings.snapshot_every_events == 0
+        || settings.idempotency_window_hours <= 0
+    {
+        bail!("shards, snapshot_every_events and idempotency_window_hours must be positive");
+    }
     if manual && !listen.ip().is_loopback() {
         bail!("--clock manual is for tests and demos and is refused unless listening on loopback (got {listen})");
     }
@@ -30,6 +51,11 @@ pub fn run(
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let mut options = EngineOptions::new(&data_dir);
+        options.shards = settings.shards;
+        options.snapshot_every_events = settings.snapshot_every_events;
+        options.idempotency_window_ms = settings.idempotency_window_hours.saturating_mul(3_600_000);
+        options.tenant_effects_per_second = settings.tenant_effects_per_second;
+        options.tenant_effects_burst = settings.tenant_effects_burst;
         if manual {
             let start = match clock_start {
                 Some(text) => text

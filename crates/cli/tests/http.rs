@@ -772,3 +772,64 @@ fn keys_are_created_through_the_server_or_on_a_stopped_data_directory() {
         401
     );
 }
+
+#[test]
+fn the_config_file_sits_under_the_environment_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (file_port, env_port) = (free(), free());
+    let data = dir.path().join("from-file");
+    let config = dir.path().join("marketgov.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{file_port}\"\ndata_dir = \"{}\"\nshards = 3\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let start = |env_listen: Option<u16>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_marketgov"));
+        cmd.args(["serve", "--config", config.to_str().unwrap()])
+            .env("MARKETGOV_ADMIN_KEY", ADMIN)
+            .env_remove("MARKETGOV_LISTEN");
+        if let Some(p) = env_listen {
+            cmd.env("MARKETGOV_LISTEN", format!("127.0.0.1:{p}"));
+        }
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let up = |port: u16| {
+        (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+    };
+    let mut from_file = start(None);
+    assert!(up(file_port), "the file's listen address is used");
+    assert!(
+        data.join("marketgov.db").exists(),
+        "the file's data_dir is used"
+    );
+    let _ = from_file.kill();
+    let _ = from_file.wait();
+    let mut from_env = start(Some(env_port));
+    assert!(up(env_port), "the environment beats the file");
+    let _ = from_env.kill();
+    let _ = from_env.wait();
+
+    std::fs::write(&config, "lisen = \"x\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_marketgov"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a typo in the file is refused");
+}
