@@ -833,3 +833,30 @@ fn the_config_file_sits_under_the_environment_and_flags() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "a typo in the file is refused");
 }
+
+#[test]
+fn every_documented_endpoint_is_routed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (status, _, doc) = server.admin("GET", "/openapi.json", None, None);
+    assert_eq!((status, doc["openapi"].as_str()), (200, Some("3.1.0")));
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 19, "{}", paths.len());
+    for (path, ops) in paths {
+        let concrete = path.replace("{id}", "x").replace("{sku}", "x");
+        for method in ops.as_object().unwrap().keys() {
+            let (status, head, _) = server.admin(
+                &method.to_uppercase(),
+                &concrete,
+                Some(json!({})),
+                Some("probe"),
+            );
+            let unrouted =
+                status == 405 || (status == 404 && !head.contains("application/problem+json"));
+            assert!(
+                !unrouted,
+                "{method} {path} is documented but not routed ({status})"
+            );
+        }
+    }
+}

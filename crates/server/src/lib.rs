@@ -13,10 +13,10 @@
 //! `PUT /v1/products/{sku}`, `GET /v1/cases/{id}`, `GET /v1/cases`, `GET /v1/review-queue`,
 //! `POST /v1/review-queue/{id}/resolve`, `GET /v1/stats`, `GET /v1/audit/verify`,
 //! `GET /v1/audit/public-key`, `POST /v1/admin/keys`, `POST /v1/admin/clock` (manual clock
-//! only), `GET /healthz`, `GET /readyz`. `POST /v1/integrations/gcp-marketplace`. Not yet: `/metrics`,
-//! `/openapi.json`, the dashboard, `marketgov.toml`.
+//! only), `GET /healthz`, `GET /readyz`. `POST /v1/integrations/gcp-marketplace`. `GET /openapi.json`. Not yet: `/metrics`, the dashboard.
 
 mod gcp;
+pub mod openapi;
 mod problem;
 
 use std::net::SocketAddr;
@@ -74,6 +74,10 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/audit/public-key", get(audit_public_key))
         .route("/v1/admin/keys", post(admin_keys))
         .route("/v1/admin/clock", post(admin_clock))
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(openapi::openapi()) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::disable()) // bounded in `body_json`, answered as problem+json
