@@ -202,7 +202,7 @@ fn keys_create(
             };
             let body = serde_json::json!({"tenant": tenant}).to_string();
             let (status, reply) = serve::post(url, "/v1/admin/keys", &admin, &body)?;
-            if status != 201 {
+            if status != 200 {
                 anyhow::bail!("the server answered {status}: {reply}");
             }
             let reply: serde_json::Value = serde_json::from_str(&reply)?;

@@ -146,9 +146,11 @@ pub(crate) async fn decide_agent(
             let decided = decide_envelope(&envelope, &cases, inventory.as_ref());
             let (reply, refused, status) = match &decided {
                 Ok(d) => {
-                    let mut ack = json!({"status": "processed", "sequence_number": envelope.sequence_number, "case_id": d.case_id});
+                    let mut ack = json!({"status": "processed", "sequence_number": envelope.sequence_number, "case_id": d.case_id, "gap_detected": false});
                     if let Some((expected, missing)) = gap {
-                        ack["gap_detected"] = json!({"expected": expected, "missing": missing});
+                        ack["gap_detected"] = json!(true);
+                        ack["expected_sequence"] = json!(expected);
+                        ack["missing_sequences"] = json!(missing);
                     }
                     (ack, false, EventStatus::Completed)
                 }

@@ -88,6 +88,10 @@ pub(crate) struct Inner {
     pub limits: crate::effects::Limits,
     /// Shards restarted by their supervisor after a panic.
     pub shard_restarts: std::sync::atomic::AtomicU64,
+    /// Conflicts found since start.
+    pub conflicts: std::sync::atomic::AtomicU64,
+    /// Events refused or parked since start.
+    pub refused: std::sync::atomic::AtomicU64,
     /// One outbox executor at a time per process.
     pub effects_running: tokio::sync::Mutex<()>,
     /// One timer round at a time per process.
@@ -181,6 +185,8 @@ impl App {
                 options.tenant_effects_burst,
             ),
             shard_restarts: std::sync::atomic::AtomicU64::new(0),
+            conflicts: std::sync::atomic::AtomicU64::new(0),
+            refused: std::sync::atomic::AtomicU64::new(0),
             effects_running: tokio::sync::Mutex::new(()),
             timers_running: tokio::sync::Mutex::new(()),
         });

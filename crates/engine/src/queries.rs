@@ -261,8 +261,12 @@ impl App {
             "events_processed": s.events,
             "commits": s.commits,
             "commit_batches": s.batches,
+            "pending": s.outbox + s.timers,
             "pending_timers": s.timers,
             "pending_effects": s.outbox,
+            "conflicts": self.inner().conflicts.load(std::sync::atomic::Ordering::Relaxed),
+            "errors": self.inner().refused.load(std::sync::atomic::Ordering::Relaxed),
+            "counted_since": "start of this process (conflicts, errors)",
             "shard_restarts": self.shard_restarts(),
         }))
     }

@@ -256,8 +256,20 @@ impl Shard {
                 body: serde_json::to_vec(&logged).map_err(encode)?,
             });
         }
-        self.commit(&stream, next_state, commit, result.status, result_json)
-            .await
+        let conflicts = result.conflicts.len() as u64;
+        let refused = !result.status.applies();
+        let reply = self
+            .commit(&stream, next_state, commit, result.status, result_json)
+            .await?;
+        self.inner
+            .conflicts
+            .fetch_add(conflicts, std::sync::atomic::Ordering::Relaxed);
+        if refused {
+            self.inner
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(reply)
     }
 
     async fn catalog(

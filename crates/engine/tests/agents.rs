@@ -67,7 +67,14 @@ async fn sequences_cases_duplicates_and_refusals() {
     else {
         panic!()
     };
-    assert_eq!(gap["gap_detected"]["expected"], 2);
+    assert_eq!(
+        (
+            gap["gap_detected"].as_bool(),
+            gap["expected_sequence"].as_u64()
+        ),
+        (Some(true), Some(2))
+    );
+    assert_eq!(first["gap_detected"].as_bool(), Some(false));
     assert_eq!(
         case(&app, "ProcessOrder-o1").state.name(),
         "payment_authorized"

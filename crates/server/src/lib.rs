@@ -726,7 +726,7 @@ async fn admin_keys(
     })?;
     let key = state.app.create_api_key(tenant).await?;
     Ok((
-        StatusCode::CREATED,
+        StatusCode::OK,
         axum::Json(json!({"tenant": tenant, "key": key})),
     )
         .into_response())

@@ -207,7 +207,7 @@ fn schemas() -> Value {
         "Product": {"type": "object", "properties": {"sku": {"type": "string"}, "state": {"type": "string"}, "version": {"type": "integer"}}},
         "Envelope": {"type": "object", "required": ["event_id", "event_type", "sequence_number", "idempotency_key", "timestamp_utc", "source_agent", "source_region", "event"]},
         "AgentAck": {"type": "object", "properties": {"status": {"type": "string", "enum": ["processed", "duplicate"]}, "sequence_number": {"type": "integer"},
-            "case_id": {"type": "string"}, "gap_detected": obj}},
+            "case_id": {"type": "string"}, "gap_detected": {"type": "boolean"}, "expected_sequence": {"type": "integer"}, "missing_sequences": {"type": "integer"}}},
         "Case": {"type": "object", "properties": {"case_id": {"type": "string"}, "spec": {"type": "string"}, "state": {"type": "string"},
             "status": {"type": "string", "enum": ["running", "completed", "cancelled", "failed"]}, "data": obj, "history": {"type": "array", "items": obj}}},
         "PubSubPush": {"type": "object", "properties": {"message": {"type": "object", "properties": {"data": {"type": "string", "contentEncoding": "base64"}}}, "subscription": {"type": "string"}}},
