@@ -407,10 +407,21 @@ impl App {
             serde_json::from_slice(response).map_err(|e| bad(e.to_string()))?;
         let stream = stored["stream"].as_str().unwrap_or_default();
         let version = stored["stream_version"].as_u64().unwrap_or_default();
-        let result = stored.get("result").cloned().unwrap_or_default();
-        let status: EventStatus =
-            serde_json::from_value(result["status"].clone()).map_err(|e| bad(e.to_string()))?;
-        let receipt = self.inner.store.event_receipt(stream, version)?;
+        // The record points at the logged event; the result is read from the log, not copied.
+        let Some((_, entry)) = self
+            .inner
+            .store
+            .stream_history(stream, version.saturating_sub(1), 1)?
+            .into_iter()
+            .next()
+        else {
+            return Err(bad(format!("{stream} event {version} is missing")));
+        };
+        let logged: crate::LoggedDecision =
+            serde_json::from_slice(&entry.bytes).map_err(|e| bad(e.to_string()))?;
+        let result = logged.result;
+        let status = logged.status;
+        let receipt = Some((entry.seq, entry.prev_hash, entry.hash));
         Ok(Reply::new(status, result, receipt, true))
     }
 

@@ -219,8 +219,7 @@ impl Shard {
         if let Some(next) = next {
             next_state.customer = Some(next);
         }
-        let mut commit =
-            self.base_commit(&stream, &state, &next_state, &logged, &claim, &result_json)?;
+        let mut commit = self.base_commit(&stream, &state, &next_state, &logged, &claim)?;
         for t in &result.timers {
             commit.timers.push(timer_write(&stream, t));
         }
@@ -298,8 +297,7 @@ impl Shard {
         if let Some(next) = &result.next {
             next_state.product = Some(next.clone());
         }
-        let mut commit =
-            self.base_commit(&stream, &state, &next_state, &logged, &claim, &result_json)?;
+        let mut commit = self.base_commit(&stream, &state, &next_state, &logged, &claim)?;
         for t in &result.timers {
             commit.timers.push(timer_write(&stream, t));
         }
@@ -335,7 +333,6 @@ impl Shard {
         next: &StreamState,
         logged: &LoggedDecision,
         claim: &Option<KeyClaim>,
-        result_json: &serde_json::Value,
     ) -> Result<Commit, Error> {
         let mut commit = Commit::default();
         commit.events.push(EventWrite {
@@ -358,7 +355,6 @@ impl Shard {
                 "operation": c.operation,
                 "stream": stream,
                 "stream_version": next.log_version,
-                "result": result_json,
             });
             commit.idempotency.push(IdempotencyRecord {
                 tenant: c.tenant.clone(),

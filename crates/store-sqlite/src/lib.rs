@@ -364,31 +364,6 @@ impl Store for SqliteStore {
         Ok(StreamLoad { snapshot, events })
     }
 
-    fn event_receipt(
-        &self,
-        stream: &str,
-        stream_version: u64,
-    ) -> Result<Option<(u64, Hash, Hash)>, Error> {
-        let conn = self.reader()?;
-        let row = conn
-            .prepare_cached("SELECT seq, prev_hash, hash, body FROM events WHERE stream = ?1 AND stream_version = ?2")
-            .and_then(|mut st| {
-                st.query_row(params![stream, stream_version as i64], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, Vec<u8>>(3)?))
-                })
-                .optional()
-            })
-            .map_err(storage)?;
-        match row {
-            None => Ok(None),
-            Some((seq, prev, hash, body)) => {
-                let e = to_entry(seq, prev, hash, body)?;
-                check_entry(&e)?;
-                Ok(Some((e.seq, e.prev_hash, e.hash)))
-            }
-        }
-    }
-
     fn idempotency(&self, tenant: &str, key: &str) -> Result<Option<IdempotencyRecord>, Error> {
         let conn = self.reader()?;
         let row = conn

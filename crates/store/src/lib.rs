@@ -306,13 +306,6 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Loads a stream from its latest snapshot.
     fn load_stream(&self, stream: &str) -> Result<StreamLoad, Error>;
 
-    /// The audit receipt `(seq, prev_hash, hash)` of a stream's event at `stream_version`.
-    fn event_receipt(
-        &self,
-        stream: &str,
-        stream_version: u64,
-    ) -> Result<Option<(u64, Hash, Hash)>, Error>;
-
     /// The idempotency record of `(tenant, key)`, if kept.
     fn idempotency(&self, tenant: &str, key: &str) -> Result<Option<IdempotencyRecord>, Error>;
 
