@@ -857,3 +857,36 @@ fn every_documented_endpoint_is_routed() {
         }
     }
 }
+
+#[test]
+fn metrics_and_the_dashboard_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    product(&server, "pro", false);
+    let (status, head, _) = server.call("GET", "/metrics", None, &[]);
+    assert_eq!(status, 200);
+    assert!(head.contains("text/plain"));
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", server.port)) else {
+        panic!()
+    };
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert!(text.contains("marketgov_events_total 2"), "{text}");
+    assert!(text.contains("marketgov_circuit_breaker_open{connector=\"payments\"} 0"));
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", server.port)) else {
+        panic!()
+    };
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    assert!(
+        page.contains("text/html")
+            && page.contains("/v1/stats")
+            && page.contains("/v1/review-queue")
+    );
+}

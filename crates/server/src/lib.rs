@@ -13,7 +13,7 @@
 //! `PUT /v1/products/{sku}`, `GET /v1/cases/{id}`, `GET /v1/cases`, `GET /v1/review-queue`,
 //! `POST /v1/review-queue/{id}/resolve`, `GET /v1/stats`, `GET /v1/audit/verify`,
 //! `GET /v1/audit/public-key`, `POST /v1/admin/keys`, `POST /v1/admin/clock` (manual clock
-//! only), `GET /healthz`, `GET /readyz`. `POST /v1/integrations/gcp-marketplace`. `GET /openapi.json`. Not yet: `/metrics`, the dashboard.
+//! only), `GET /healthz`, `GET /readyz`. `POST /v1/integrations/gcp-marketplace`. `GET /openapi.json`, `GET /metrics` (a first set of counters), and the dashboard at `/`.
 
 mod gcp;
 pub mod openapi;
@@ -78,6 +78,11 @@ pub fn router(state: ServerState) -> Router {
             "/openapi.json",
             get(|| async { axum::Json(openapi::openapi()) }),
         )
+        .route(
+            "/",
+            get(|| async { axum::response::Html(include_str!("dashboard.html")) }),
+        )
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::disable()) // bounded in `body_json`, answered as problem+json
@@ -786,6 +791,78 @@ async fn admin_clock(
     // Effects of the firings (charges, notifications) are carried out before answering.
     while state.app.run_effects().await? > 0 {}
     Ok(axum::Json(json!({"now": state.app.clock().now().to_string()})).into_response())
+}
+
+/// `GET /metrics`: Prometheus text. Aggregates only (no tenant data), so it needs no key.
+async fn metrics(State(state): State<Arc<ServerState>>) -> Result<Response, Problem> {
+    let s = state.app.stats()?;
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    };
+    metric(
+        "marketgov_events_total",
+        "counter",
+        "Events in the log (decided inputs, all statuses).",
+        n("events_processed"),
+    );
+    metric(
+        "marketgov_store_commits_total",
+        "counter",
+        "Commits since start.",
+        n("commits"),
+    );
+    metric(
+        "marketgov_store_commit_batches_total",
+        "counter",
+        "Group-commit transactions since start.",
+        n("commit_batches"),
+    );
+    metric(
+        "marketgov_conflicts_total",
+        "counter",
+        "Conflicts found since start.",
+        n("conflicts"),
+    );
+    metric(
+        "marketgov_rejections_total",
+        "counter",
+        "Events refused or parked since start.",
+        n("errors"),
+    );
+    metric(
+        "marketgov_timers_pending",
+        "gauge",
+        "Stored timers not fired yet.",
+        n("pending_timers"),
+    );
+    metric(
+        "marketgov_outbox_depth",
+        "gauge",
+        "Effects queued and not done.",
+        n("pending_effects"),
+    );
+    metric(
+        "marketgov_shard_restarts_total",
+        "counter",
+        "Shards restarted by their supervisor.",
+        n("shard_restarts"),
+    );
+    for connector in ["payments", "fulfillment", "notification", "escalation"] {
+        let open = u64::from(state.app.breaker_state(connector) != "closed");
+        out.push_str(&format!(
+            "marketgov_circuit_breaker_open{{connector=\"{connector}\"}} {open}\n"
+        ));
+    }
+    let mut response = (StatusCode::OK, out).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(response)
 }
 
 async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
