@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub idempotency_window_hours: Option<i64>,
     pub tenant_effects_per_second: Option<u32>,
     pub tenant_effects_burst: Option<u32>,
+    pub gcp_procurement_url: Option<String>,
 }
 
 /// The default file, read when present and no `--config` is given.

@@ -78,6 +78,10 @@ enum Command {
         /// Burst of the per-tenant effect rate.
         #[arg(long, default_value_t = 20_000, env = "MARKETGOV_TENANT_EFFECTS_BURST")]
         tenant_effects_burst: u32,
+        /// Base URL of the Google Cloud Commerce Partner Procurement API (http://; unset: answers
+        /// to Google are recorded by the sandbox connector).
+        #[arg(long, env = "MARKETGOV_GCP_PROCUREMENT_URL")]
+        gcp_procurement_url: Option<String>,
     },
     /// Decides inputs given as JSON lines on stdin on the durable store, acknowledging each once synced.
     Ingest {
@@ -238,6 +242,7 @@ fn layer_config(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<Cli>
         idempotency_window_hours,
         tenant_effects_per_second,
         tenant_effects_burst,
+        gcp_procurement_url,
     } = &mut cli.command
     else {
         return Ok(cli);
@@ -277,6 +282,12 @@ fn layer_config(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<Cli>
     }
     if let (true, Some(v)) = (d("tenant_effects_burst"), file.tenant_effects_burst) {
         *tenant_effects_burst = v;
+    }
+    if let (true, Some(v)) = (
+        gcp_procurement_url.is_none(),
+        file.gcp_procurement_url.clone(),
+    ) {
+        *gcp_procurement_url = Some(v);
     }
     Ok(cli)
 }
@@ -358,6 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             idempotency_window_hours,
             tenant_effects_per_second,
             tenant_effects_burst,
+            gcp_procurement_url,
             ..
         } => serve::run(serve::Settings {
             listen,
@@ -369,6 +381,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             idempotency_window_hours,
             tenant_effects_per_second,
             tenant_effects_burst,
+            gcp_procurement_url,
         }),
         Command::Audit {
             command: AuditCommand::Verify { data_dir },

@@ -24,6 +24,7 @@ pub struct Settings {
     pub idempotency_window_hours: i64,
     pub tenant_effects_per_second: u32,
     pub tenant_effects_burst: u32,
+    pub gcp_procurement_url: Option<String>,
 }
 
 pub fn run(settings: Settings) -> anyhow::Result<()> {
@@ -56,6 +57,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         options.idempotency_window_ms = settings.idempotency_window_hours.saturating_mul(3_600_000);
         options.tenant_effects_per_second = settings.tenant_effects_per_second;
         options.tenant_effects_burst = settings.tenant_effects_burst;
+        if let Some(url) = &settings.gcp_procurement_url {
+            options.gcp_procurement = Some(
+                marketgov_engine::GcpProcurement::new(url)
+                    .map_err(|e| anyhow::anyhow!("--gcp-procurement-url: {e}"))?,
+            );
+        }
         if manual {
             let start = match clock_start {
                 Some(text) => text

@@ -20,6 +20,10 @@ struct Server {
 
 impl Server {
     fn start(dir: &std::path::Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &std::path::Path, extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -34,6 +38,7 @@ impl Server {
                 dir.to_str().unwrap(),
             ])
             .args(["--clock", "manual", "--clock-start", "2026-01-01T00:00:00Z"])
+            .args(extra)
             .env("MARKETGOV_ADMIN_KEY", ADMIN)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -889,4 +894,137 @@ fn metrics_and_the_dashboard_are_served() {
             && page.contains("/v1/stats")
             && page.contains("/v1/review-queue")
     );
+}
+
+/// A stand-in for Google's Procurement API: records `(path, body)` of every POST, answers 200.
+/// Requests seen by a stand-in server: `(path, body)`.
+type Calls = std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+
+fn fake_google() -> (String, Calls) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        let path = head
+                            .split_whitespace()
+                            .nth(1)
+                            .unwrap_or_default()
+                            .to_owned();
+                        log.lock()
+                            .unwrap()
+                            .push((path, serde_json::from_str(body).unwrap_or(Value::Null)));
+                        break;
+                    }
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn answers_to_google_are_sent_through_the_gcp_procurement_connector() {
+    use base64::Engine as _;
+    let (google, calls) = fake_google();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), &["--gcp-procurement-url", &google]);
+    product(&server, "pro", false);
+    product(&server, "gated", true);
+    let post = |n: Value| {
+        let data = base64::engine::general_purpose::STANDARD.encode(n.to_string());
+        server.admin(
+            "POST",
+            "/v1/integrations/gcp-marketplace",
+            Some(json!({"message": {"data": data}, "subscription": "s"})),
+            None,
+        )
+    };
+    let wait_for = |path: &str| {
+        for _ in 0..500 {
+            if let Some(call) = calls.lock().unwrap().iter().find(|(p, _)| p == path) {
+                return call.1.clone();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no call to {path}: {:?}", calls.lock().unwrap());
+    };
+    post(
+        json!({"eventId": "a", "eventType": "ACCOUNT_ACTIVE", "providerId": "prov", "account": {"id": "acc-1"}}),
+    );
+    post(
+        json!({"eventId": "b", "eventType": "ENTITLEMENT_CREATION_REQUESTED", "providerId": "prov",
+        "entitlement": {"id": "ent-1", "newPlan": "pro", "account": "providers/prov/accounts/acc-1"}}),
+    );
+    wait_for("/v1/providers/prov/entitlements/ent-1:approve");
+
+    // A plan that needs approval: no answer until an operator approves.
+    post(
+        json!({"eventId": "c", "eventType": "ENTITLEMENT_CREATION_REQUESTED", "providerId": "prov",
+        "entitlement": {"id": "ent-2", "newPlan": "gated", "account": "providers/prov/accounts/acc-1"}}),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(p, _)| p.contains("ent-2")),
+        "nothing before the approval"
+    );
+    let approve = json!({"type": "entitlement_approved", "customer_id": "ent-2", "actor": "ops"});
+    assert_eq!(
+        server
+            .admin("POST", "/v1/events", Some(approve), Some("ok-ent-2"))
+            .0,
+        200
+    );
+    wait_for("/v1/providers/prov/entitlements/ent-2:approve");
+
+    // A plan change requested by Google is approved back with the pending plan's name.
+    for _ in 0..500 {
+        if server.admin("GET", "/v1/customers/ent-1", None, None).2["governors"]["subscription"]
+            ["state"]
+            == "active"
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    post(
+        json!({"eventId": "d", "eventType": "ENTITLEMENT_PLAN_CHANGE_REQUESTED", "providerId": "prov",
+        "entitlement": {"id": "ent-1", "newPlan": "gated", "account": "providers/prov/accounts/acc-1"}}),
+    );
+    let body = wait_for("/v1/providers/prov/entitlements/ent-1:approvePlanChange");
+    assert_eq!(body["pendingPlanName"], "gated");
+    let approvals = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p.ends_with("ent-1:approve"))
+        .count();
+    assert_eq!(approvals, 1, "each answer is sent once");
 }

@@ -151,6 +151,32 @@ fn default_true() -> bool {
     true
 }
 
+/// The cloud marketplace that sells a subscription, and its ids for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarketplaceRef {
+    /// Which marketplace (`gcp`).
+    pub name: String,
+    /// The provider (partner) id at the marketplace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
+    /// The buyer's account id at the marketplace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+}
+
+impl MarketplaceRef {
+    fn validate(&self) -> Result<(), InputError> {
+        crate::ids::check_id("marketplace.name", &self.name)?;
+        if let Some(p) = &self.provider_id {
+            crate::ids::check_id("marketplace.provider_id", p)?;
+        }
+        if let Some(a) = &self.account_id {
+            crate::ids::check_id("marketplace.account_id", a)?;
+        }
+        Ok(())
+    }
+}
+
 /// How a compliance flag is graded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -196,6 +222,9 @@ pub enum EventKind {
     CustomerSubscribes {
         /// The SKU.
         sku: Sku,
+        /// The marketplace selling the subscription, when one does (its answers are effects).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        marketplace: Option<MarketplaceRef>,
     },
     /// The customer moves from one plan to another (an upgrade or a downgrade).
     CustomerUpgrades {
@@ -401,7 +430,12 @@ impl EventKind {
 
     fn validate(&self) -> Result<(), InputError> {
         match self {
-            Self::CustomerSubscribes { sku } => sku.validate(),
+            Self::CustomerSubscribes { sku, marketplace } => {
+                sku.validate()?;
+                marketplace
+                    .as_ref()
+                    .map_or(Ok(()), MarketplaceRef::validate)
+            }
             Self::CustomerUpgrades { old_sku, new_sku } => {
                 old_sku.validate()?;
                 new_sku.validate()?;

@@ -614,6 +614,7 @@ mod subscription {
                 currency: Currency::usd(),
                 period_days: 30,
                 trial_days,
+                marketplace: None,
             }),
             at(0),
         ))
@@ -735,6 +736,7 @@ mod subscription {
                 currency: Currency::usd(),
                 period_days: 30,
                 trial_days: 0,
+                marketplace: None,
             }),
             at(0),
         ));

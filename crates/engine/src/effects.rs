@@ -117,6 +117,27 @@ impl Sandbox {
         Ok(Outcome::Applied { declined })
     }
 
+    /// Records a delivery that has no outcome to decide (an answer to a marketplace): applied once
+    /// per key, like every other.
+    pub fn record(&self, effect_key: &str, kind: &str, body: &[u8]) -> Result<(), String> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| "sandbox ledger poisoned".to_string())?;
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute(
+            "INSERT INTO deliveries (effect_key) VALUES (?1)",
+            [effect_key],
+        )
+        .map_err(|e| e.to_string())?;
+        tx.execute(
+            "INSERT OR IGNORE INTO applications (effect_key, kind, declined, body) VALUES (?1, ?2, 0, ?3)",
+            params![effect_key, kind, body],
+        )
+        .map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())
+    }
+
     /// `(applications, deliveries)` per effect key, for checks.
     pub fn ledger(&self) -> Result<Vec<(String, u64, u64)>, Error> {
         let conn = self
@@ -296,6 +317,9 @@ impl App {
     }
 
     async fn run_effect(&self, row: OutboxRow, now_ms: i64) -> Result<(), Error> {
+        if row.connector == "gcp_procurement" {
+            return self.run_gcp_answer(row, now_ms).await;
+        }
         let effect: Effect = serde_json::from_slice(&row.body).map_err(|e| Error::Replay {
             location: format!("outbox {}", row.effect_key),
             detail: e.to_string(),
@@ -357,6 +381,58 @@ impl App {
                             .saturating_add(i64::try_from(wait).unwrap_or(i64::MAX)),
                         error,
                     }
+                }
+            }
+        };
+        self.settle(update).await
+    }
+
+    /// Delivers an answer to Google (or, without an endpoint configured, records it in the
+    /// sandbox ledger).
+    async fn run_gcp_answer(&self, row: OutboxRow, now_ms: i64) -> Result<(), Error> {
+        let answer: serde_json::Value =
+            serde_json::from_slice(&row.body).map_err(|e| Error::Replay {
+                location: format!("outbox {}", row.effect_key),
+                detail: e.to_string(),
+            })?;
+        let sent = match &self.inner().options.gcp_procurement {
+            Some(gcp) => {
+                let (provider, id, action) = (
+                    answer["provider_id"].as_str().unwrap_or_default(),
+                    answer["entitlement_id"].as_str().unwrap_or_default(),
+                    answer["action"].as_str().unwrap_or_default(),
+                );
+                let mut body = answer.clone();
+                if let Some(obj) = body.as_object_mut() {
+                    obj.retain(|k, _| {
+                        !matches!(k.as_str(), "action" | "provider_id" | "entitlement_id")
+                    });
+                }
+                gcp.send(provider, id, action, &body).await
+            }
+            None => self
+                .sandbox()
+                .record(&row.effect_key, "gcp_procurement", &row.body),
+        };
+        self.inner()
+            .limits
+            .outcome(&row.connector, sent.is_ok(), now_ms);
+        let update = match sent {
+            Ok(()) => OutboxUpdate::Done {
+                effect_key: row.effect_key,
+            },
+            Err(error) if row.attempts + 1 >= EFFECT_ATTEMPTS_MAX => OutboxUpdate::Dead {
+                effect_key: row.effect_key,
+                error,
+            },
+            Err(error) => {
+                let attempts = row.attempts + 1;
+                let wait = jittered_delay_ms(attempts, &row.effect_key, RETRY_DELAY_MS_MAX);
+                OutboxUpdate::Retry {
+                    effect_key: row.effect_key,
+                    attempts,
+                    next_attempt_ms: now_ms.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX)),
+                    error,
                 }
             }
         };

@@ -36,7 +36,7 @@ pub use keys::{load_or_create as audit_signer, AUDIT_KEY_FILE};
 pub use queries::{Page, PAGE_LIMIT_MAX};
 pub use stream::LoggedDecision;
 pub use timers::{FIRINGS_PER_CALL_MAX, TIMERS_PER_ROUND_MAX};
-pub use webhook::{signature as webhook_signature, Webhook};
+pub use webhook::{signature as webhook_signature, GcpProcurement, Webhook};
 
 use marketgov_core::InputError;
 
@@ -129,6 +129,8 @@ pub struct EngineOptions {
     pub checkpoint_every_entries: u64,
     /// Where effects go: the in-process `sandbox` (default) or a `webhook`.
     pub webhook: Option<Webhook>,
+    /// Where answers to Google Cloud Marketplace go (`None`: recorded by the sandbox).
+    pub gcp_procurement: Option<GcpProcurement>,
     /// Test seam: makes a chosen store batch fail at its sync.
     pub store_fault: Option<Arc<marketgov_store_sqlite::FaultInjector>>,
 }
@@ -164,6 +166,7 @@ impl EngineOptions {
             checkpoint_every_entries: 1000,
             store_fault: None,
             webhook: None,
+            gcp_procurement: None,
         }
     }
 }

@@ -14,7 +14,7 @@ use marketgov_core::governors::product_catalog::Product;
 use marketgov_core::ids::Sku;
 use marketgov_core::orchestrator::{decide_catalog, decide_event, EventContext, EventStatus};
 use marketgov_core::timers::TimerCommand;
-use marketgov_core::{CatalogCommand, CustomerEvent, EventKind, Input};
+use marketgov_core::{CatalogCommand, Customer, CustomerEvent, EventKind, Input};
 use marketgov_store::{
     Commit, EventWrite, IdempotencyRecord, OutboxWrite, Snapshot, Store, TimerWrite, VersionedWrite,
 };
@@ -247,6 +247,20 @@ impl Shard {
                 not_before_ms: ctx.now.as_millisecond(),
             });
         }
+        if let (Some(after), true) = (&next_state.customer, result.status.applies()) {
+            for (i, answer) in marketplace_answers(state.customer.as_ref(), after, &event)
+                .into_iter()
+                .enumerate()
+            {
+                commit.outbox.push(OutboxWrite {
+                    effect_key: format!("{}:gcp:{i}", ctx.event_id),
+                    stream: stream.clone(),
+                    connector: "gcp_procurement".into(),
+                    body: answer.to_string().into_bytes(),
+                    not_before_ms: ctx.now.as_millisecond(),
+                });
+            }
+        }
         if result.status == EventStatus::NeedsReview {
             commit.review.push(VersionedWrite {
                 key: ctx.event_id.clone(),
@@ -443,7 +457,7 @@ impl Shard {
     /// The products a customer event reads, from the catalog held in memory or the store.
     fn products_for(&mut self, tenant: &str, event: &CustomerEvent) -> Result<Vec<Product>, Error> {
         let skus: Vec<&Sku> = match &event.kind {
-            EventKind::CustomerSubscribes { sku } => vec![sku],
+            EventKind::CustomerSubscribes { sku, .. } => vec![sku],
             EventKind::CustomerUpgrades { new_sku, .. } => vec![new_sku],
             _ => Vec::new(),
         };
@@ -455,6 +469,65 @@ impl Shard {
         }
         Ok(products)
     }
+}
+
+/// The answers a Google Cloud Marketplace subscription owes Google after a decision (SPEC 3.2):
+/// approve an entitlement that was granted, reject one that was refused, approve a plan change
+/// that was made. Written in the decision's commit, carried out by the `gcp_procurement` connector.
+fn marketplace_answers(
+    before: Option<&Customer>,
+    after: &Customer,
+    event: &CustomerEvent,
+) -> Vec<serde_json::Value> {
+    use marketgov_core::governors::entitlement::EntitlementState as E;
+    let Some(sub) = after.subscription.as_ref() else {
+        return Vec::new();
+    };
+    let Some(mp) = sub.marketplace.as_ref().filter(|m| m.name == "gcp") else {
+        return Vec::new();
+    };
+    let Some(provider) = mp.provider_id.as_deref() else {
+        return Vec::new();
+    };
+    let id = after.customer_id.as_str();
+    let ent_before = before.and_then(|c| c.entitlement.as_ref()).map(|e| e.state);
+    let ent_after = after.entitlement.as_ref().map(|e| e.state);
+    let answer = |action: &str, extra: serde_json::Value| {
+        let mut a =
+            serde_json::json!({"action": action, "provider_id": provider, "entitlement_id": id});
+        if let (Some(obj), serde_json::Value::Object(more)) = (a.as_object_mut(), extra) {
+            obj.extend(more);
+        }
+        a
+    };
+    let mut answers = Vec::new();
+    let had_access = matches!(
+        ent_before,
+        Some(E::Active | E::PendingPlanChange | E::Suspended | E::PendingCancellation)
+    );
+    if ent_after == Some(E::Active) && !had_access {
+        answers.push(answer("approve", serde_json::json!({})));
+    }
+    if ent_after == Some(E::Rejected) && ent_before != Some(E::Rejected) {
+        let reason = after
+            .entitlement
+            .as_ref()
+            .and_then(|e| e.reason.clone())
+            .unwrap_or_default();
+        answers.push(answer("reject", serde_json::json!({"reason": reason})));
+    }
+    let plan_before = before
+        .and_then(|c| c.subscription.as_ref())
+        .map(|s| s.current_sku().clone());
+    if matches!(event.kind, EventKind::CustomerUpgrades { .. })
+        && plan_before.as_ref() != Some(sub.current_sku())
+    {
+        answers.push(answer(
+            "approvePlanChange",
+            serde_json::json!({"pendingPlanName": sub.current_sku()}),
+        ));
+    }
+    answers
 }
 
 pub(crate) fn customer_stream(tenant: &str, customer_id: &str) -> String {

@@ -19,7 +19,13 @@
 //! `ENTITLEMENT_CANCELLATION_REVERTED` -> `cancellation_reverted`; `ENTITLEMENT_CANCELLED` and
 //! `ENTITLEMENT_DELETED` -> `customer_cancels` now (unless already ended); `ENTITLEMENT_OFFER_ACCEPTED`,
 //! `ENTITLEMENT_PLAN_CHANGE_CANCELLED` and `ENTITLEMENT_CANCELLING` are recorded as ignored.
-//! The partner's answers to Google (approve, approvePlanChange) are not built yet.
+//!
+//! Subscriptions created here carry `marketplace: gcp` with the provider and account ids; the
+//! engine then writes the partner's answers to Google as effects in the same commit as the
+//! decision that calls for them (approve a granted entitlement, reject a refused one, approve a
+//! plan change with `pendingPlanName`), carried out by the `gcp_procurement` connector at
+//! `--gcp-procurement-url`. The account's `signup` approval is not sent: `ACCOUNT_ACTIVE` already
+//! means the account is approved.
 
 use std::sync::Arc;
 
@@ -183,7 +189,20 @@ async fn map(
         "ENTITLEMENT_CREATION_REQUESTED" => match plan() {
             Some(p) => event(
                 id_of("entitlement")?,
-                EventKind::CustomerSubscribes { sku: sku(p)? },
+                EventKind::CustomerSubscribes {
+                    sku: sku(p)?,
+                    marketplace: Some(marketgov_core::input::MarketplaceRef {
+                        name: "gcp".into(),
+                        provider_id: n["providerId"]
+                            .as_str()
+                            .map(last_segment)
+                            .map(str::to_owned),
+                        account_id: n["entitlement"]["account"]
+                            .as_str()
+                            .map(last_segment)
+                            .map(str::to_owned),
+                    }),
+                },
             ),
             None => Mapped::Ignored("no plan named".into()),
         },

@@ -201,6 +201,9 @@ pub struct Subscription {
     /// The state a suspension interrupted, restored on reinstatement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended_from: Option<SubscriptionState>,
+    /// The marketplace selling it, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marketplace: Option<crate::input::MarketplaceRef>,
 }
 
 impl Record for Subscription {
@@ -237,6 +240,8 @@ pub struct SubscriptionTerms {
     pub period_days: u32,
     /// Trial length in days (0: none).
     pub trial_days: u32,
+    /// The marketplace selling it, if one does.
+    pub marketplace: Option<crate::input::MarketplaceRef>,
 }
 
 /// What the subscription governor decides on.
@@ -535,6 +540,7 @@ fn start(terms: &SubscriptionTerms, now: Timestamp) -> Decision<Subscription> {
         pending: None,
         plan_changed_at: None,
         suspended_from: None,
+        marketplace: terms.marketplace.clone(),
     };
     if trial {
         Decision::to(

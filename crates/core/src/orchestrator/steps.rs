@@ -94,7 +94,7 @@ impl Plan {
     ) -> Self {
         let mut plan = Plan::default();
         match &event.kind {
-            EventKind::CustomerSubscribes { sku } => plan.product = Some(on_sale(catalog, sku)),
+            EventKind::CustomerSubscribes { sku, .. } => plan.product = Some(on_sale(catalog, sku)),
             EventKind::CustomerUpgrades { old_sku, new_sku } => {
                 let product = on_sale(catalog, new_sku);
                 if let (Ok(new), Some(sub)) = (&product, run.draft.subscription.clone()) {
@@ -254,7 +254,9 @@ fn fraud_against_billing(run: &mut Run<'_>) {
 fn step(run: &mut Run<'_>, kind: &EventKind, plan: &Plan, governor: G) {
     use EventKind as E;
     match kind {
-        E::CustomerSubscribes { sku } => subscribe(run, sku, plan, governor),
+        E::CustomerSubscribes { sku, marketplace } => {
+            subscribe(run, sku, marketplace.as_ref(), plan, governor)
+        }
         E::CustomerUpgrades { old_sku, new_sku } => upgrade(run, old_sku, new_sku, plan, governor),
         E::PaymentProcessed {
             amount,
@@ -499,7 +501,13 @@ fn settled(run: &Run<'_>) -> bool {
     run.before.billing.owes() && run.draft.billing.state == BillingState::Current
 }
 
-fn subscribe(run: &mut Run<'_>, sku: &Sku, plan: &Plan, governor: G) {
+fn subscribe(
+    run: &mut Run<'_>,
+    sku: &Sku,
+    marketplace: Option<&crate::input::MarketplaceRef>,
+    plan: &Plan,
+    governor: G,
+) {
     let product = match &plan.product {
         Some(Ok(p)) => p,
         Some(Err(rejection)) if governor != G::Compliance && governor != G::CustomerAccount => {
@@ -526,6 +534,7 @@ fn subscribe(run: &mut Run<'_>, sku: &Sku, plan: &Plan, governor: G) {
                 currency: product.currency.clone(),
                 period_days: product.billing_period_days,
                 trial_days: product.trial_days,
+                marketplace: marketplace.cloned(),
             }))
         }
         G::Entitlement => {
