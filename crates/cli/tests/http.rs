@@ -1028,3 +1028,22 @@ fn answers_to_google_are_sent_through_the_gcp_procurement_connector() {
         .count();
     assert_eq!(approvals, 1, "each answer is sent once");
 }
+
+#[test]
+fn a_manual_clock_is_refused_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_marketgov"))
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--clock",
+            "manual",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
