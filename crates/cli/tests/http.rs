@@ -1047,3 +1047,58 @@ fn a_manual_clock_is_refused_off_loopback() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
+
+#[test]
+fn the_payment_retry_schedule_runs_to_written_off_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    product(&server, "pro", false);
+    let sub = json!({"type": "customer_subscribes", "customer_id": "bob-declined", "sku": "pro"});
+    assert_eq!(
+        server.admin("POST", "/v1/events", Some(sub), Some("s")).0,
+        200
+    );
+    let billing = |s: &Server| {
+        s.admin("GET", "/v1/customers/bob-declined", None, None).2["governors"]["billing"]["state"]
+            .clone()
+    };
+    // The sandbox declines every charge of a customer whose id ends in -declined.
+    for _ in 0..500 {
+        if billing(&server) == "retry_1" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(billing(&server), "retry_1");
+    for (seconds, expected) in [
+        (3600, "retry_2"),
+        (3 * 3600, "retry_3"),
+        (86_400, "collections"),
+    ] {
+        let (status, _, _) = server.admin(
+            "POST",
+            "/v1/admin/clock",
+            Some(json!({"advance_seconds": seconds - 1})),
+            None,
+        );
+        assert_eq!(status, 200);
+        assert_ne!(billing(&server), expected, "not before its time");
+        server.admin(
+            "POST",
+            "/v1/admin/clock",
+            Some(json!({"advance_seconds": 1})),
+            None,
+        );
+        assert_eq!(billing(&server), expected);
+    }
+    server.admin(
+        "POST",
+        "/v1/admin/clock",
+        Some(json!({"advance_seconds": 7 * 86_400})),
+        None,
+    );
+    let (_, _, customer) = server.admin("GET", "/v1/customers/bob-declined", None, None);
+    assert_eq!(customer["governors"]["billing"]["state"], "written_off");
+    assert_eq!(customer["governors"]["subscription"]["state"], "expired");
+    assert_eq!(customer["governors"]["entitlement"]["state"], "cancelled");
+}
