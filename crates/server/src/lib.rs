@@ -126,6 +126,19 @@ pub(crate) fn caller(state: &ServerState, headers: &HeaderMap) -> Result<Caller,
     }
 }
 
+/// The caller, who must hold the admin key.
+fn admin(state: &ServerState, headers: &HeaderMap, what: &str) -> Result<Caller, Problem> {
+    let who = caller(state, headers)?;
+    if !who.admin {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("only the admin key {what}"),
+        ));
+    }
+    Ok(who)
+}
+
 /// Reads a bounded JSON body.
 pub(crate) async fn body_json(body: Body) -> Result<Value, Problem> {
     let bytes = to_bytes(body, BODY_BYTES_MAX).await.map_err(|_| {
@@ -349,21 +362,13 @@ async fn post_a2a(
             marketgov_engine::AgentReply::Refused(body) => {
                 (StatusCode::CONFLICT, axum::Json(body)).into_response()
             }
-            marketgov_engine::AgentReply::OutOfOrder { last_accepted } => {
-                let body = json!({
-                    "type": format!("{PROBLEM_BASE}out_of_order"),
-                    "title": "out of order",
-                    "status": 409,
-                    "detail": format!("sequence not after the last accepted {last_accepted}, and its key was never seen"),
-                    "last_accepted_sequence": last_accepted,
-                });
-                let mut response = (StatusCode::CONFLICT, body.to_string()).into_response();
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/problem+json"),
-                );
-                response
-            }
+            marketgov_engine::AgentReply::OutOfOrder { last_accepted } => Problem::new(
+                StatusCode::CONFLICT,
+                "out_of_order",
+                format!("sequence not after the last accepted {last_accepted}, and its key was never seen"),
+            )
+            .with("last_accepted_sequence", json!(last_accepted))
+            .into_response(),
         },
     )
 }
@@ -469,31 +474,23 @@ async fn put_product(
         reply = state.app.submit_catalog(&who.tenant, None, publish).await?;
     }
     if reply.status == EventStatus::Rejected {
-        let rejection = reply.body["governor"]["rejection"].clone();
-        let (code, status) = match rejection["code"].as_str() {
-            Some("concurrent_update") => ("concurrent_update", StatusCode::CONFLICT),
-            _ => ("product_rejected", StatusCode::CONFLICT),
+        let rejection = &reply.body["governor"]["rejection"];
+        let code = if rejection["code"] == "concurrent_update" {
+            "concurrent_update"
+        } else {
+            "product_rejected"
         };
-        let mut problem = json!({
-            "type": format!("{PROBLEM_BASE}{code}"),
-            "title": code.replace('_', " "),
-            "status": status.as_u16(),
-            "detail": reply.body["governor"]["message"],
-        });
-        if let (Some(obj), Some(exp), Some(act)) = (
-            problem.as_object_mut(),
-            rejection.get("expected"),
-            rejection.get("actual"),
-        ) {
-            obj.insert("expected".into(), exp.clone());
-            obj.insert("actual".into(), act.clone());
+        let detail = reply.body["governor"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut problem = Problem::new(StatusCode::CONFLICT, code, detail);
+        for field in ["expected", "actual"] {
+            if let Some(v) = rejection.get(field) {
+                problem = problem.with(field, v.clone());
+            }
         }
-        let mut response = (status, problem.to_string()).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        return Ok(response);
+        return Err(problem);
     }
     let product = state.app.product(&who.tenant, &sku_id)?.ok_or_else(|| {
         Problem::new(
@@ -713,14 +710,7 @@ async fn admin_keys(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let who = caller(&state, &headers)?;
-    if !who.admin {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only the admin key creates keys",
-        ));
-    }
+    admin(&state, &headers, "creates keys")?;
     let value = body_json(body).await?;
     let tenant = value.get("tenant").and_then(Value::as_str).ok_or_else(|| {
         Problem::new(
@@ -749,14 +739,7 @@ async fn admin_clock(
             "the clock is not manual",
         ));
     }
-    let who = caller(&state, &headers)?;
-    if !who.admin {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only the admin key moves the clock",
-        ));
-    }
+    admin(&state, &headers, "moves the clock")?;
     let value = body_json(body).await?;
     let now = state.app.clock().now();
     let to = match (

@@ -20,6 +20,8 @@ pub struct Problem {
     pub detail: String,
     /// Seconds to wait before retrying, for overload.
     pub retry_after: Option<u32>,
+    /// Further members of the problem object (RFC 9457 extension members).
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Problem {
@@ -30,18 +32,29 @@ impl Problem {
             code,
             detail: detail.into(),
             retry_after: None,
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// Adds an extension member.
+    #[must_use]
+    pub fn with(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.extra.insert(name.to_owned(), value);
+        self
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = json!({
+        let mut body = json!({
             "type": format!("{PROBLEM_BASE}{}", self.code),
             "title": self.code.replace('_', " "),
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
+        if let Some(obj) = body.as_object_mut() {
+            obj.extend(self.extra);
+        }
         let mut response = (self.status, body.to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(
