@@ -3,6 +3,7 @@
 //! Owns argument parsing and wiring; decisions live in `marketgov-core`. Exit codes: 0 success,
 //! 1 a command failed (the message says why), 2 bad usage (clap's own code).
 
+mod bench;
 mod config;
 mod demo;
 mod ingest;
@@ -91,6 +92,27 @@ enum Command {
         /// Inputs decided concurrently.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+    },
+    /// Runs the built-in load generator (SPEC 5) in process on a fresh embedded store.
+    Bench {
+        /// Customers in the workload (about nine events each).
+        #[arg(long, default_value_t = 2000)]
+        customers: usize,
+        /// Customers run concurrently.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Seed of the workload.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Shards of the engine.
+        #[arg(long, default_value_t = 64)]
+        shards: usize,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Keep the store here (default: a temporary directory, removed afterwards).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// API keys.
     Keys {
@@ -347,6 +369,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", diagram::governors(format));
             Ok(())
         }
+        Command::Bench {
+            customers,
+            concurrency,
+            seed,
+            shards,
+            json,
+            data_dir,
+        } => bench::run(bench::Settings {
+            customers,
+            concurrency,
+            seed,
+            json,
+            data_dir,
+            shards,
+        }),
         Command::Ingest {
             data_dir,
             concurrency,

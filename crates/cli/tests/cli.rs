@@ -116,3 +116,33 @@ fn the_demo_keeps_its_store_when_asked_and_the_store_verifies_afterwards() {
     );
     assert!(String::from_utf8_lossy(&verify.stdout).contains(r#""ok":true"#));
 }
+
+#[test]
+fn the_bench_runs_a_tiny_workload_and_checks_every_answer() {
+    let out = marketgov(&["bench", "--customers", "30", "--concurrency", "4", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert!(report["events"].as_u64().unwrap() >= 30 * 8, "{report}");
+    assert_eq!(
+        report["errors"],
+        serde_json::json!({}),
+        "every answer as expected"
+    );
+    for field in [
+        "events_per_second",
+        "peak_rss_mib",
+        "store_bytes_per_event",
+        "commit_batch_size_mean",
+        "coordination_compute_ratio",
+    ] {
+        assert!(
+            report[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field}: {report}"
+        );
+    }
+    assert!(report["latency_us"]["p99"].as_u64().is_some());
+}

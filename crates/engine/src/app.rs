@@ -90,6 +90,10 @@ pub(crate) struct Inner {
     pub shard_restarts: std::sync::atomic::AtomicU64,
     /// Conflicts found since start.
     pub conflicts: std::sync::atomic::AtomicU64,
+    /// Nanoseconds spent inside the pure decision functions since start (compute).
+    pub decide_nanos: std::sync::atomic::AtomicU64,
+    /// Nanoseconds from taking a work item to answering it since start (compute + coordination).
+    pub handle_nanos: std::sync::atomic::AtomicU64,
     /// Events refused or parked since start.
     pub refused: std::sync::atomic::AtomicU64,
     /// One outbox executor at a time per process.
@@ -186,6 +190,8 @@ impl App {
             ),
             shard_restarts: std::sync::atomic::AtomicU64::new(0),
             conflicts: std::sync::atomic::AtomicU64::new(0),
+            decide_nanos: std::sync::atomic::AtomicU64::new(0),
+            handle_nanos: std::sync::atomic::AtomicU64::new(0),
             refused: std::sync::atomic::AtomicU64::new(0),
             effects_running: tokio::sync::Mutex::new(()),
             timers_running: tokio::sync::Mutex::new(()),
@@ -205,6 +211,17 @@ impl App {
 
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
+    }
+
+    /// `(decide, handle)` nanoseconds since start: time in the pure core versus time handling
+    /// work items in total (deciding, logging, committing, waiting for the sync). Their ratio is
+    /// the coordination/compute ratio of SPEC 3.4.
+    pub fn timing_nanos(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.inner.decide_nanos.load(Relaxed),
+            self.inner.handle_nanos.load(Relaxed),
+        )
     }
 
     /// Shards restarted by their supervisor after a panic, since start.

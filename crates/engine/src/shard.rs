@@ -119,7 +119,12 @@ impl Shard {
                     event,
                     reply,
                 } => {
+                    let started = std::time::Instant::now();
                     let result = self.customer(&tenant, claim, event).await;
+                    let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    self.inner
+                        .handle_nanos
+                        .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
                     let _ = reply.send(result);
                 }
                 Work::Catalog {
@@ -187,12 +192,17 @@ impl Shard {
             .collect();
 
         let hook = self.inner.options.decide_hook.clone();
+        let started = std::time::Instant::now();
         let decided = catch_unwind(AssertUnwindSafe(|| {
             if let Some(hook) = &hook {
                 hook(&event);
             }
             decide_event(state.customer.as_ref(), &event, &catalog, &ctx)
         }));
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.inner
+            .decide_nanos
+            .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
         let mut result = match decided {
             Ok(result) => result?,
             Err(_) => {
