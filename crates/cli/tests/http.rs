@@ -645,6 +645,13 @@ fn gcp_marketplace_notifications_map_onto_the_lifecycle() {
         (200, Some("ignored")),
         "unknown types are acknowledged, not failed"
     );
+    let (status, _, again) =
+        post(json!({"eventId": "g3", "eventType": "SOMETHING_NEW", "providerId": "p"}));
+    assert_eq!(
+        (status, again["status"].as_str()),
+        (200, Some("ignored")),
+        "a redelivery of an ignored notification too"
+    );
 
     // An entitlement before its account: parked, then applied when the account becomes active.
     let early = json!({"eventId": "g4", "eventType": "ENTITLEMENT_CREATION_REQUESTED", "providerId": "p",

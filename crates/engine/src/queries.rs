@@ -303,22 +303,19 @@ impl App {
         Ok(ctx.event_id)
     }
 
-    /// Records a notification that was acknowledged but not acted on, as an audit entry of the
-    /// tenant's `ignored:<source>` stream, so that nothing received goes unrecorded.
+    /// Records a notification that was acknowledged but not acted on, as the one audit entry of
+    /// its own `ignored:<tenant>/<source>/<id>` stream, so that nothing received goes unrecorded;
+    /// a redelivery of the same `id` finds it recorded.
     pub async fn record_ignored(
         &self,
         tenant: &str,
         source: &str,
+        id: &str,
         notification: Value,
         reason: &str,
     ) -> Result<(), Error> {
-        let stream = format!("ignored:{tenant}/{source}");
+        let stream = format!("ignored:{tenant}/{source}/{id}");
         let ctx = self.inner().context();
-        let version = self
-            .store()
-            .stream_history(&stream, 0, usize::MAX)
-            .map(|h| h.len() as u64)?
-            + 1;
         let logged = LoggedDecision {
             v: crate::stream::ENCODING_VERSION,
             tenant: tenant.to_owned(),
@@ -333,7 +330,7 @@ impl App {
         let commit = Commit {
             events: vec![marketgov_store::EventWrite {
                 stream,
-                stream_version: version,
+                stream_version: 1,
                 event_id: ctx.event_id.clone(),
                 at_ms: ctx.now.as_millisecond(),
                 body: serde_json::to_vec(&logged).map_err(|e| Error::Replay {
@@ -343,10 +340,14 @@ impl App {
             }],
             ..Commit::default()
         };
-        self.store()
+        match self
+            .store()
             .commit(commit)?
             .await
-            .map_err(|_| Error::ShuttingDown)??;
-        Ok(())
+            .map_err(|_| Error::ShuttingDown)?
+        {
+            Ok(_) | Err(marketgov_store::Error::Conflict(_)) => Ok(()), // recorded, now or before
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -85,8 +85,14 @@ pub(crate) async fn post_gcp(
     let mapped = map(&state, &who.tenant, event_type, &notification).await?;
     match mapped {
         Mapped::Ignored(reason) => {
-            app.record_ignored(&who.tenant, "gcp-marketplace", notification, &reason)
-                .await?;
+            app.record_ignored(
+                &who.tenant,
+                "gcp-marketplace",
+                &event_id,
+                notification,
+                &reason,
+            )
+            .await?;
             Ok(
                 axum::Json(json!({"status": "ignored", "event_id": event_id, "reason": reason}))
                     .into_response(),
