@@ -336,31 +336,13 @@ impl Store for SqliteStore {
             }
             None => None,
         };
-        let after = snapshot.as_ref().map_or(0, |s| s.version) as i64;
-        let mut st = conn
-            .prepare_cached(
-                "SELECT seq, stream_version, body, prev_hash, hash FROM events
-                 WHERE stream = ?1 AND stream_version > ?2 ORDER BY stream_version",
-            )
-            .map_err(storage)?;
-        let rows = st
-            .query_map(params![stream, after], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, Vec<u8>>(4)?,
-                ))
-            })
-            .map_err(storage)?;
-        let mut events = Vec::new();
-        for row in rows {
-            let (seq, version, body, prev, hash) = row.map_err(storage)?;
-            let entry = to_entry(seq, prev, hash, body)?;
-            check_entry(&entry)?;
-            events.push((version as u64, entry.bytes));
-        }
+        drop(conn); // `stream_history` takes the reader itself
+        let after = snapshot.as_ref().map_or(0, |s| s.version);
+        let events = self
+            .stream_history(stream, after, usize::MAX)?
+            .into_iter()
+            .map(|(version, entry)| (version, entry.bytes))
+            .collect();
         Ok(StreamLoad { snapshot, events })
     }
 
