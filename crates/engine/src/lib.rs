@@ -108,6 +108,9 @@ pub struct EngineOptions {
     pub shard_queue_max: usize,
     /// Streams kept in memory per shard; beyond it the least recently loaded is dropped.
     pub shard_cache_streams_max: usize,
+    /// Commits a shard keeps in flight (sent to the store, not yet synced) at most; each is for
+    /// a different stream. More lets one sync carry more decisions.
+    pub shard_commits_in_flight_max: usize,
     /// A snapshot every this many logged events per stream.
     pub snapshot_every_events: u64,
     /// How long idempotency keys are kept, in milliseconds (default 24 h).
@@ -155,6 +158,7 @@ impl EngineOptions {
             shards: 64,
             shard_queue_max: 1024,
             shard_cache_streams_max: 16_384,
+            shard_commits_in_flight_max: 64,
             snapshot_every_events: 64,
             idempotency_window_ms: 24 * 3600 * 1000,
             idempotency_keys_max: 10_000_000,

@@ -21,7 +21,7 @@ use marketgov_store::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::app::{Inner, Reply};
-use crate::stream::{rebuild, snapshot_body, LoggedDecision, StreamState};
+use crate::stream::{rebuild, snapshot_body, LoggedDecisionRef, StreamState, ENCODING_VERSION};
 use crate::Error;
 
 /// Idempotency bookkeeping a shard writes with the decision.
@@ -78,13 +78,49 @@ pub(crate) struct Shard {
     pub cache: HashMap<String, StreamState>,
     /// Load order, for dropping the oldest stream when the cache is full.
     pub loaded: VecDeque<String>,
+    /// Commits sent to the store and not yet acknowledged, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// Work for streams with a commit in flight, in arrival order: it is decided once that
+    /// commit is acknowledged, on the state it made.
+    waiting: HashMap<String, VecDeque<Work>>,
+}
+
+/// A decision whose commit is on its way to the disk: memory changes and the caller is
+/// answered only once the store acknowledges the sync.
+struct InFlight {
+    stream: String,
+    next: StreamState,
+    ack: oneshot::Receiver<Result<marketgov_store::Receipt, marketgov_store::Error>>,
+    status: EventStatus,
+    result_json: serde_json::Value,
+    reply: oneshot::Sender<Result<Reply, Error>>,
+    /// When the shard took the item (for the coordination/compute figure); customer events only.
+    started: Option<std::time::Instant>,
+    conflicts: u64,
+    /// A product to remember for its tenant once durable.
+    product_of: Option<String>,
+}
+
+/// A decision ready to commit, or the reason none is.
+#[allow(clippy::large_enum_variant)] // returned once per decision and taken apart at once
+enum Decided {
+    Commit {
+        stream: String,
+        next: StreamState,
+        commit: Commit,
+        status: EventStatus,
+        result_json: serde_json::Value,
+        conflicts: u64,
+    },
+    /// The decision panicked: the event is parked for review.
+    Panicked { ctx: EventContext, input: Input },
 }
 
 impl Shard {
     /// Runs the shard under supervision: if its task dies of a panic outside a decision (which
     /// is caught where it happens), a fresh shard with an empty cache takes over the same mailbox
-    /// and reloads its streams from the store on demand. The caller of the item in progress is
-    /// told the engine could not answer; nothing of it was acknowledged.
+    /// and reloads its streams from the store on demand. The callers of the items in progress
+    /// are told the engine could not answer; nothing of them was acknowledged.
     pub async fn supervise(inner: Arc<Inner>, rx: mpsc::Receiver<Work>) {
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         loop {
@@ -92,6 +128,8 @@ impl Shard {
                 inner: inner.clone(),
                 cache: HashMap::new(),
                 loaded: VecDeque::new(),
+                in_flight: VecDeque::new(),
+                waiting: HashMap::new(),
             };
             let run = tokio::spawn(shard.run(rx.clone()));
             match run.await {
@@ -105,52 +143,226 @@ impl Shard {
         }
     }
 
+    /// Takes work while fewer than `shard_commits_in_flight_max` commits are in flight, and
+    /// finishes in-flight commits as the store acknowledges them (in the order they were sent:
+    /// the store's writer is one queue). Pipelining across streams lets one sync carry many of
+    /// the shard's decisions; a stream never has more than one decision in flight.
     async fn run(mut self, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Work>>>) {
-        loop {
-            let work = rx.lock().await.recv().await;
-            let Some(work) = work else { break };
-            if let Some(hook) = &self.inner.options.work_hook {
-                hook(work.stream());
-            }
-            match work {
-                Work::Customer {
-                    tenant,
-                    claim,
-                    event,
-                    reply,
-                } => {
-                    let started = std::time::Instant::now();
-                    let result = self.customer(&tenant, claim, event).await;
-                    let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    self.inner
-                        .handle_nanos
-                        .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
-                    let _ = reply.send(result);
+        let mut rx = rx.lock().await;
+        let in_flight_max = self.inner.options.shard_commits_in_flight_max.max(1);
+        let mut open = true;
+        while open || !self.in_flight.is_empty() {
+            let accepting = open && self.in_flight.len() < in_flight_max;
+            tokio::select! {
+                biased;
+                acked = next_ack(&mut self.in_flight) => {
+                    if let Some(done) = self.in_flight.pop_front() {
+                        let stream = done.stream.clone();
+                        self.finish(done, acked);
+                        self.resume(&stream).await;
+                    }
                 }
-                Work::Catalog {
-                    tenant,
-                    claim,
-                    command,
-                    reply,
-                } => {
-                    let result = self.catalog(&tenant, claim, command).await;
-                    let _ = reply.send(result);
-                }
-                Work::Read { stream, reply } => {
-                    let _ = reply.send(self.state(&stream).cloned());
-                }
-                Work::Agent {
-                    tenant,
-                    claim,
-                    envelope,
-                    reply,
-                } => {
-                    let result =
-                        crate::agents::decide_agent(&self.inner, &tenant, claim, envelope).await;
-                    let _ = reply.send(result);
-                }
+                work = rx.recv(), if accepting => match work {
+                    Some(work) => self.take(work).await,
+                    None => open = false,
+                },
             }
         }
+    }
+
+    /// Takes one item: queued behind its stream's commit in flight, or handled now.
+    async fn take(&mut self, work: Work) {
+        if let Some(hook) = &self.inner.options.work_hook {
+            hook(work.stream());
+        }
+        let stream = match &work {
+            Work::Customer { tenant, event, .. } => {
+                Some(customer_stream(tenant, event.customer_id.as_str()))
+            }
+            Work::Catalog {
+                tenant, command, ..
+            } => Some(product_stream(tenant, command.sku().as_str())),
+            Work::Read { stream, .. } => Some(stream.clone()),
+            Work::Agent { .. } => None,
+        };
+        if let Some(stream) = stream {
+            if self.in_flight.iter().any(|f| f.stream == stream) {
+                self.waiting.entry(stream).or_default().push_back(work);
+                return;
+            }
+        }
+        self.handle(work).await;
+    }
+
+    /// After a stream's commit is acknowledged: handles the work that waited for it, until one
+    /// item puts the stream in flight again.
+    async fn resume(&mut self, stream: &str) {
+        while !self.in_flight.iter().any(|f| f.stream == stream) {
+            let Some(queue) = self.waiting.get_mut(stream) else {
+                return;
+            };
+            let Some(work) = queue.pop_front() else {
+                self.waiting.remove(stream);
+                return;
+            };
+            if queue.is_empty() {
+                self.waiting.remove(stream);
+            }
+            self.handle(work).await;
+        }
+    }
+
+    async fn handle(&mut self, work: Work) {
+        match work {
+            Work::Customer {
+                tenant,
+                claim,
+                event,
+                reply,
+            } => {
+                let started = std::time::Instant::now();
+                match self.decide_customer(&tenant, claim, event) {
+                    Ok(Decided::Commit {
+                        stream,
+                        next,
+                        commit,
+                        status,
+                        result_json,
+                        conflicts,
+                    }) => self.send_commit(
+                        commit,
+                        InFlight {
+                            stream,
+                            next,
+                            ack: closed_ack(),
+                            status,
+                            result_json,
+                            reply,
+                            started: Some(started),
+                            conflicts,
+                            product_of: None,
+                        },
+                    ),
+                    Ok(Decided::Panicked { ctx, input }) => {
+                        let stream = customer_stream(&tenant, input_customer(&input));
+                        let error = self.park(&tenant, &stream, &ctx, input).await;
+                        let _ = reply.send(Err(error));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Work::Catalog {
+                tenant,
+                claim,
+                command,
+                reply,
+            } => match self.decide_catalog(&tenant, claim, command) {
+                Ok(Decided::Commit {
+                    stream,
+                    next,
+                    commit,
+                    status,
+                    result_json,
+                    conflicts,
+                }) => self.send_commit(
+                    commit,
+                    InFlight {
+                        stream,
+                        next,
+                        ack: closed_ack(),
+                        status,
+                        result_json,
+                        reply,
+                        started: None,
+                        conflicts,
+                        product_of: Some(tenant),
+                    },
+                ),
+                Ok(Decided::Panicked { .. }) => {} // catalog decisions are not guarded
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Work::Read { stream, reply } => {
+                let _ = reply.send(self.state(&stream).cloned());
+            }
+            Work::Agent {
+                tenant,
+                claim,
+                envelope,
+                reply,
+            } => {
+                // Agent work keeps its own optimistic versions and is rare: decided inline.
+                let result =
+                    crate::agents::decide_agent(&self.inner, &tenant, claim, envelope).await;
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Sends a decision's commit to the store and keeps it in flight; a refused send answers
+    /// the caller at once.
+    fn send_commit(&mut self, commit: Commit, mut flight: InFlight) {
+        match self.inner.store.commit(commit) {
+            Ok(ack) => {
+                flight.ack = ack;
+                self.in_flight.push_back(flight);
+            }
+            Err(e) => {
+                let _ = flight.reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    /// A commit was acknowledged (or failed): updates memory and answers the caller.
+    fn finish(
+        &mut self,
+        done: InFlight,
+        acked: Result<Result<marketgov_store::Receipt, marketgov_store::Error>, ()>,
+    ) {
+        let receipt = match acked {
+            Ok(Ok(receipt)) => receipt,
+            Ok(Err(e)) => {
+                self.forget(&done.stream);
+                let _ = done.reply.send(Err(e.into()));
+                return;
+            }
+            Err(()) => {
+                self.forget(&done.stream);
+                let _ = done.reply.send(Err(Error::ShuttingDown));
+                return;
+            }
+        };
+        let product = done.next.product.clone();
+        if let Some(state) = self.cache.get_mut(&done.stream) {
+            *state = done.next;
+        }
+        let refused = !done.status.applies();
+        if let Some(started) = done.started {
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.inner
+                .handle_nanos
+                .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+            self.inner
+                .conflicts
+                .fetch_add(done.conflicts, std::sync::atomic::Ordering::Relaxed);
+            if refused {
+                self.inner
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if let (Some(tenant), Some(product)) = (&done.product_of, product) {
+            self.inner.remember_product(tenant, product);
+        }
+        let _ = done.reply.send(Ok(Reply::new(
+            done.status,
+            done.result_json,
+            receipt.entries.first().copied(),
+            false,
+        )));
     }
 
     fn state(&mut self, stream: &str) -> Result<&StreamState, Error> {
@@ -165,10 +377,7 @@ impl Shard {
             self.loaded.push_back(stream.to_owned());
             self.cache.insert(stream.to_owned(), state);
         }
-        self.cache.get(stream).ok_or_else(|| Error::Replay {
-            location: stream.into(),
-            detail: "vanished from cache".into(),
-        })
+        self.cache.get(stream).ok_or_else(|| vanished(stream))
     }
 
     fn forget(&mut self, stream: &str) {
@@ -176,20 +385,22 @@ impl Shard {
         self.loaded.retain(|s| s != stream);
     }
 
-    async fn customer(
+    /// Decides a customer event and builds its commit; nothing is written or changed yet.
+    fn decide_customer(
         &mut self,
         tenant: &str,
         claim: Option<KeyClaim>,
         event: CustomerEvent,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Decided, Error> {
         let stream = customer_stream(tenant, event.customer_id.as_str());
-        let state = self.state(&stream)?.clone();
         let products = self.products_for(tenant, &event)?;
         let ctx = self.inner.context();
         let catalog: BTreeMap<Sku, Product> = products
             .iter()
             .map(|p| (p.sku.clone(), p.clone()))
             .collect();
+        self.state(&stream)?;
+        let state = self.cache.get(&stream).ok_or_else(|| vanished(&stream))?;
 
         let hook = self.inner.options.decide_hook.clone();
         let started = std::time::Instant::now();
@@ -207,29 +418,32 @@ impl Shard {
             Ok(result) => result?,
             Err(_) => {
                 self.forget(&stream);
-                return Err(self
-                    .park(tenant, &stream, &ctx, Input::Customer(event))
-                    .await);
+                return Ok(Decided::Panicked {
+                    ctx,
+                    input: Input::Customer(event),
+                });
             }
         };
         let next = result.next.take();
         let result_json = serde_json::to_value(&result).map_err(encode)?;
-        let logged = LoggedDecision::new(
+        let logged = LoggedDecisionRef {
+            v: ENCODING_VERSION,
             tenant,
-            &stream,
-            claim.as_ref().map(|c| c.key.as_str()),
-            &ctx,
-            &Input::Customer(event.clone()),
-            products,
-            result.status,
-            result_json.clone(),
-        )?;
-        let mut next_state = state.clone();
-        next_state.log_version += 1;
-        if let Some(next) = next {
-            next_state.customer = Some(next);
+            stream: &stream,
+            idempotency_key: claim.as_ref().map(|c| c.key.as_str()),
+            ctx: &ctx,
+            input: &event,
+            products: &products,
+            status: result.status,
+            result: &result,
         }
-        let mut commit = self.base_commit(&stream, &state, &next_state, &logged, &claim)?;
+        .encode()?;
+        let next_state = StreamState {
+            log_version: state.log_version + 1,
+            customer: next.or_else(|| state.customer.clone()),
+            product: None,
+        };
+        let mut commit = self.base_commit(&stream, state, &next_state, &ctx, logged, &claim)?;
         for t in &result.timers {
             commit.timers.push(timer_write(&stream, t));
         }
@@ -276,52 +490,55 @@ impl Shard {
                 key: ctx.event_id.clone(),
                 expected_version: 0,
                 version: 1,
-                body: serde_json::to_vec(&logged).map_err(encode)?,
+                // The review item is the log entry itself.
+                body: commit
+                    .events
+                    .first()
+                    .map(|e| e.body.clone())
+                    .unwrap_or_default(),
             });
         }
-        let conflicts = result.conflicts.len() as u64;
-        let refused = !result.status.applies();
-        let reply = self
-            .commit(&stream, next_state, commit, result.status, result_json)
-            .await?;
-        self.inner
-            .conflicts
-            .fetch_add(conflicts, std::sync::atomic::Ordering::Relaxed);
-        if refused {
-            self.inner
-                .refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(reply)
+        Ok(Decided::Commit {
+            stream,
+            next: next_state,
+            commit,
+            status: result.status,
+            result_json,
+            conflicts: result.conflicts.len() as u64,
+        })
     }
 
-    async fn catalog(
+    /// Decides a catalog command and builds its commit; nothing is written or changed yet.
+    fn decide_catalog(
         &mut self,
         tenant: &str,
         claim: Option<KeyClaim>,
         command: CatalogCommand,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Decided, Error> {
         let stream = product_stream(tenant, command.sku().as_str());
-        let state = self.state(&stream)?.clone();
         let ctx = self.inner.context();
+        self.state(&stream)?;
+        let state = self.cache.get(&stream).ok_or_else(|| vanished(&stream))?;
         let result = decide_catalog(state.product.as_ref(), &command, &ctx)?;
         let result_json = serde_json::to_value(&result).map_err(encode)?;
-        let logged = LoggedDecision::new(
+        let logged = LoggedDecisionRef {
+            v: ENCODING_VERSION,
             tenant,
-            &stream,
-            claim.as_ref().map(|c| c.key.as_str()),
-            &ctx,
-            &Input::Catalog(command.clone()),
-            Vec::new(),
-            result.status,
-            result_json.clone(),
-        )?;
-        let mut next_state = state.clone();
-        next_state.log_version += 1;
-        if let Some(next) = &result.next {
-            next_state.product = Some(next.clone());
+            stream: &stream,
+            idempotency_key: claim.as_ref().map(|c| c.key.as_str()),
+            ctx: &ctx,
+            input: &command,
+            products: &[],
+            status: result.status,
+            result: &result,
         }
-        let mut commit = self.base_commit(&stream, &state, &next_state, &logged, &claim)?;
+        .encode()?;
+        let next_state = StreamState {
+            log_version: state.log_version + 1,
+            customer: None,
+            product: result.next.clone().or_else(|| state.product.clone()),
+        };
+        let mut commit = self.base_commit(&stream, state, &next_state, &ctx, logged, &claim)?;
         for t in &result.timers {
             commit.timers.push(timer_write(&stream, t));
         }
@@ -334,19 +551,14 @@ impl Shard {
                 kind: timer.name().to_owned(),
             });
         }
-        let reply = self
-            .commit(
-                &stream,
-                next_state.clone(),
-                commit,
-                result.status,
-                result_json,
-            )
-            .await?;
-        if let Some(product) = next_state.product {
-            self.inner.remember_product(tenant, product);
-        }
-        Ok(reply)
+        Ok(Decided::Commit {
+            stream,
+            next: next_state,
+            commit,
+            status: result.status,
+            result_json,
+            conflicts: 0,
+        })
     }
 
     /// The log entry, snapshot and idempotency record every decision writes.
@@ -355,16 +567,17 @@ impl Shard {
         stream: &str,
         before: &StreamState,
         next: &StreamState,
-        logged: &LoggedDecision,
+        ctx: &EventContext,
+        logged: Vec<u8>,
         claim: &Option<KeyClaim>,
     ) -> Result<Commit, Error> {
         let mut commit = Commit::default();
         commit.events.push(EventWrite {
             stream: stream.to_owned(),
             stream_version: next.log_version,
-            event_id: logged.ctx.event_id.clone(),
-            at_ms: logged.ctx.now.as_millisecond(),
-            body: serde_json::to_vec(logged).map_err(encode)?,
+            event_id: ctx.event_id.clone(),
+            at_ms: ctx.now.as_millisecond(),
+            body: logged,
         });
         let every = self.inner.options.snapshot_every_events.max(1);
         if next.log_version / every > before.log_version / every {
@@ -386,7 +599,7 @@ impl Shard {
                 operation: c.operation.to_owned(),
                 fingerprint: c.fingerprint,
                 response: serde_json::to_vec(&response).map_err(encode)?,
-                created_at_ms: logged.ctx.now.as_millisecond(),
+                created_at_ms: ctx.now.as_millisecond(),
             });
             if c.replaces_expired {
                 commit
@@ -395,41 +608,6 @@ impl Shard {
             }
         }
         Ok(commit)
-    }
-
-    /// Commits, waits for the sync, and only then updates memory and answers.
-    async fn commit(
-        &mut self,
-        stream: &str,
-        next: StreamState,
-        commit: Commit,
-        status: EventStatus,
-        result_json: serde_json::Value,
-    ) -> Result<Reply, Error> {
-        let ack = match self.inner.store.commit(commit) {
-            Ok(ack) => ack,
-            Err(e) => return Err(e.into()),
-        };
-        let receipt = match ack.await {
-            Ok(Ok(receipt)) => receipt,
-            Ok(Err(e)) => {
-                self.forget(stream);
-                return Err(e.into());
-            }
-            Err(_) => {
-                self.forget(stream);
-                return Err(Error::ShuttingDown);
-            }
-        };
-        if let Some(state) = self.cache.get_mut(stream) {
-            *state = next;
-        }
-        Ok(Reply::new(
-            status,
-            result_json,
-            receipt.entries.first().copied(),
-            false,
-        ))
     }
 
     /// Parks an event whose decision panicked: logged in the review queue, nothing else changes.
@@ -578,5 +756,34 @@ fn encode(e: serde_json::Error) -> Error {
     Error::Replay {
         location: "encoding".into(),
         detail: e.to_string(),
+    }
+}
+
+/// The acknowledgement of the oldest commit in flight; pending forever when none is.
+async fn next_ack(
+    in_flight: &mut VecDeque<InFlight>,
+) -> Result<Result<marketgov_store::Receipt, marketgov_store::Error>, ()> {
+    match in_flight.front_mut() {
+        Some(flight) => (&mut flight.ack).await.map_err(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+/// A placeholder acknowledgement, replaced by the store's before the flight is kept.
+fn closed_ack() -> oneshot::Receiver<Result<marketgov_store::Receipt, marketgov_store::Error>> {
+    oneshot::channel().1
+}
+
+fn input_customer(input: &Input) -> &str {
+    match input {
+        Input::Customer(e) => e.customer_id.as_str(),
+        Input::Catalog(c) => c.sku().as_str(),
+    }
+}
+
+fn vanished(stream: &str) -> Error {
+    Error::Replay {
+        location: stream.into(),
+        detail: "vanished from cache".into(),
     }
 }

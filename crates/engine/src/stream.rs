@@ -41,32 +41,31 @@ pub struct LoggedDecision {
     pub result: serde_json::Value,
 }
 
-impl LoggedDecision {
-    /// The log entry of one decision made by this release.
-    #[allow(clippy::too_many_arguments)] // each field is one thing the decision was a function of
-    pub(crate) fn new(
-        tenant: &str,
-        stream: &str,
-        idempotency_key: Option<&str>,
-        ctx: &EventContext,
-        input: &Input,
-        products: Vec<Product>,
-        status: EventStatus,
-        result: serde_json::Value,
-    ) -> Result<Self, Error> {
-        Ok(Self {
-            v: ENCODING_VERSION,
-            tenant: tenant.to_owned(),
-            stream: stream.to_owned(),
-            idempotency_key: idempotency_key.map(str::to_owned),
-            ctx: ctx.clone(),
-            input: serde_json::to_value(input).map_err(|e| Error::Replay {
-                location: "encoding".into(),
-                detail: e.to_string(),
-            })?,
-            products,
-            status,
-            result,
+/// The log entry of one decision made by this release, borrowed from the decision: serialized
+/// straight to the stored bytes (the same JSON [`LoggedDecision`] reads), without building an
+/// intermediate `serde_json::Value` of the input or the result.
+#[derive(Serialize)]
+pub(crate) struct LoggedDecisionRef<'a, I: Serialize, R: Serialize> {
+    pub v: u32,
+    pub tenant: &'a str,
+    pub stream: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<&'a str>,
+    pub ctx: &'a EventContext,
+    /// The customer event or catalog command (an [`Input`] serializes as its variant's content).
+    pub input: &'a I,
+    #[serde(skip_serializing_if = "<[Product]>::is_empty")]
+    pub products: &'a [Product],
+    pub status: EventStatus,
+    pub result: &'a R,
+}
+
+impl<I: Serialize, R: Serialize> LoggedDecisionRef<'_, I, R> {
+    /// The stored bytes.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec(self).map_err(|e| Error::Replay {
+            location: "encoding".into(),
+            detail: e.to_string(),
         })
     }
 }

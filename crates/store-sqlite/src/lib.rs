@@ -46,6 +46,10 @@ pub enum Sync {
     Off,
 }
 
+/// The writer connection's page cache, in KiB: the index pages a batch touches stay in memory
+/// instead of being read back from the file (SQLite's default is 2 MiB).
+pub const WRITER_PAGE_CACHE_KIB: u32 = 32 * 1024;
+
 /// Options of the embedded store.
 #[derive(Debug)]
 pub struct Options {
@@ -186,7 +190,8 @@ impl SqliteStore {
             Sync::Off => "OFF",
         };
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;"
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;
+             PRAGMA cache_size = -{WRITER_PAGE_CACHE_KIB};"
         ))
         .map_err(storage)?;
         let journal: String = conn
