@@ -1,11 +1,18 @@
-//! `marketgov bench`: a deterministic (seeded) customer-lifecycle workload (SPEC 5), in process on
-//! a fresh embedded store, every acknowledgement synced. Each customer's events run in order
-//! (subscribe; payment processed; the same payment again; usage; an upgrade with proration; its
-//! payment; a renewal; for some, a failed payment that starts the retry schedule; cancel);
-//! customers run concurrently. Every answer is checked against what the step must produce, so speed
-//! never hides wrong answers. Connectors do not run: this measures deciding and committing.
+//! `marketgov bench`: a deterministic (seeded) customer-lifecycle workload (SPEC 5), either in
+//! process on a fresh embedded store (`--mode inproc`, the default) or against a running server
+//! over keep-alive HTTP (`--target http://HOST:PORT`), every acknowledgement synced either way.
 //!
-//! Not built yet: `--target http://...` (the same workload over HTTP).
+//! Each customer's events run in order (subscribe; payment processed; the same request again
+//! with the same idempotency key, which must come back marked as a replay; the same payment
+//! again under a new key, which the billing governor must absorb; usage over quota; an upgrade
+//! with proration; its payment; a renewal; for one in ten a failed payment that starts the retry
+//! schedule; cancel); customers run concurrently. Every answer is checked against what its step
+//! must produce, so speed never hides wrong answers: a wrong one is counted by kind and makes the
+//! command fail. Connectors do not run in process: this measures deciding and committing.
+//!
+//! Load is closed-loop (`--concurrency` customers in flight), or paced (`--rate` events per
+//! second over all workers); when paced, latency is measured from each event's scheduled send
+//! time, so a server that falls behind shows its queueing in the figures.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,10 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
 use marketgov_core::orchestrator::EventStatus;
-use marketgov_core::{CustomerEvent, Input};
+use marketgov_core::Input;
 use marketgov_engine::{App, EngineOptions, ManualClock};
-use marketgov_store::Store as _;
 use serde_json::{json, Value};
 
 /// What the bench is asked to do.
@@ -29,12 +37,23 @@ pub struct Settings {
     pub json: bool,
     pub data_dir: Option<PathBuf>,
     pub shards: usize,
+    pub streams_in_memory_max: usize,
+    /// `http://HOST:PORT` of a running server; `None`: in process.
+    pub target: Option<String>,
+    pub api_key: Option<String>,
+    /// Events per second over all workers; `None`: as fast as answers come.
+    pub rate: Option<u64>,
 }
+
+/// The tenant of the in-process run (over HTTP, the API key's tenant).
+const TENANT: &str = "bench";
 
 /// One step of a customer's script and the statuses it may answer.
 struct Step {
     event: Value,
     allowed: &'static [EventStatus],
+    /// Sent with the previous step's idempotency key: must be answered as a replay of it.
+    replays_previous: bool,
 }
 
 fn rng(seed: u64, customer: usize) -> u64 {
@@ -44,69 +63,407 @@ fn rng(seed: u64, customer: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-fn script(seed: u64, i: usize) -> Vec<Step> {
+/// `connectors_live`: a server's connectors run beside the workload (over HTTP), so the sandbox
+/// may settle the renewal invoice before the failed payment arrives, which then refuses it.
+fn script(seed: u64, c: &str, i: usize, connectors_live: bool) -> Vec<Step> {
     use EventStatus as S;
     let r = rng(seed, i);
-    let c = format!("bench-{i}");
     let ok: &'static [EventStatus] = &[S::Completed];
+    let step = |event: Value, allowed: &'static [EventStatus]| Step {
+        event,
+        allowed,
+        replays_previous: false,
+    };
+    let payment = json!({"type": "payment_processed", "customer_id": c, "amount": 1000, "currency": "USD", "payment_id": format!("{c}-p1")});
     let mut steps = vec![
+        step(
+            json!({"type": "customer_subscribes", "customer_id": c, "sku": "basic"}),
+            ok,
+        ),
+        step(payment.clone(), ok),
+        // The client retries the same request (same key): the stored answer, marked a replay.
         Step {
-            event: json!({"type": "customer_subscribes", "customer_id": c, "sku": "basic"}),
+            event: payment.clone(),
             allowed: ok,
+            replays_previous: true,
         },
-        Step {
-            event: json!({"type": "payment_processed", "customer_id": c, "amount": 1000, "currency": "USD", "payment_id": format!("{c}-p1")}),
-            allowed: ok,
-        },
-        // The processor delivers the same payment again (another request): a replay, no change.
-        Step {
-            event: json!({"type": "payment_processed", "customer_id": c, "amount": 1000, "currency": "USD", "payment_id": format!("{c}-p1")}),
-            allowed: ok,
-        },
-        Step {
-            event: json!({"type": "usage_exceeds_quota", "customer_id": c, "resource": "api", "current_usage": r % 1600, "limit": 1000}),
-            allowed: &[S::Completed, S::ConflictResolved],
-        },
-        Step {
-            event: json!({"type": "customer_upgrades", "customer_id": c, "old_sku": "basic", "new_sku": "pro"}),
-            allowed: ok,
-        },
-        Step {
-            event: json!({"type": "payment_processed", "customer_id": c, "amount": 2000, "currency": "USD", "payment_id": format!("{c}-p2")}),
-            allowed: ok,
-        },
-        Step {
-            event: json!({"type": "renewal_due", "customer_id": c, "subscription_id": "sub-1"}),
-            allowed: ok,
-        },
+        // The processor delivers the same payment again (a new request): absorbed, no change.
+        step(payment, ok),
+        step(
+            json!({"type": "usage_exceeds_quota", "customer_id": c, "resource": "api", "current_usage": r % 1600, "limit": 1000}),
+            &[S::Completed, S::ConflictResolved],
+        ),
+        step(
+            json!({"type": "customer_upgrades", "customer_id": c, "old_sku": "basic", "new_sku": "pro"}),
+            ok,
+        ),
+        step(
+            json!({"type": "payment_processed", "customer_id": c, "amount": 2000, "currency": "USD", "payment_id": format!("{c}-p2")}),
+            ok,
+        ),
+        step(
+            json!({"type": "renewal_due", "customer_id": c, "subscription_id": "sub-1"}),
+            ok,
+        ),
     ];
     if r.is_multiple_of(10) {
-        steps.push(Step { event: json!({"type": "payment_failed", "customer_id": c, "reason": "card_declined", "payment_id": format!("{c}-f1")}), allowed: ok });
+        steps.push(step(
+            json!({"type": "payment_failed", "customer_id": c, "reason": "card_declined", "payment_id": format!("{c}-f1")}),
+            if connectors_live {
+                &[S::Completed, S::Rejected]
+            } else {
+                ok
+            },
+        ));
     }
-    steps.push(Step {
-        event: json!({"type": "customer_cancels", "customer_id": c}),
-        allowed: ok,
-    });
+    steps.push(step(
+        json!({"type": "customer_cancels", "customer_id": c}),
+        ok,
+    ));
     steps
 }
 
-fn peak_rss_kib() -> u64 {
+/// Latencies in microseconds, in buckets of 1/1024 relative width (exact below 2048 µs): a
+/// fixed-size record however many events run.
+#[derive(Debug, Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+}
+
+impl Histogram {
+    const EXACT: u64 = 2048;
+    const SUB_BUCKETS: u64 = 1024;
+
+    fn new() -> Self {
+        Self {
+            counts: vec![0; Self::bucket(u64::MAX) + 1],
+        }
+    }
+
+    fn bucket(v: u64) -> usize {
+        if v < Self::EXACT {
+            return v as usize;
+        }
+        let top = 63 - u64::from(v.leading_zeros()); // >= 11
+        let shift = top - 10;
+        (Self::EXACT + (top - 11) * Self::SUB_BUCKETS + ((v >> shift) & (Self::SUB_BUCKETS - 1)))
+            as usize
+    }
+
+    /// The smallest value of bucket `b`.
+    fn floor(b: usize) -> u64 {
+        let b = b as u64;
+        if b < Self::EXACT {
+            return b;
+        }
+        let top = (b - Self::EXACT) / Self::SUB_BUCKETS + 11;
+        let mantissa = (b - Self::EXACT) % Self::SUB_BUCKETS;
+        (Self::SUB_BUCKETS + mantissa) << (top - 10)
+    }
+
+    fn record(&mut self, micros: u64) {
+        let b = Self::bucket(micros);
+        if let Some(c) = self.counts.get_mut(b) {
+            *c += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The value at quantile `q` (the bucket's floor).
+    fn quantile(&self, q: f64) -> u64 {
+        let total = self.total();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64 * q).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (b, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::floor(b);
+            }
+        }
+        0
+    }
+
+    fn max(&self) -> u64 {
+        self.counts
+            .iter()
+            .rposition(|c| *c > 0)
+            .map_or(0, Self::floor)
+    }
+}
+
+fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("VmHWM:"))
                 .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
+                .and_then(|v| v.parse::<u64>().ok())
         })
-        .unwrap_or(0)
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// How an event was answered.
+struct Answer {
+    status: EventStatus,
+    replayed: bool,
+}
+
+/// Where the workload goes.
+#[derive(Clone)]
+enum Client {
+    InProc(App),
+    Http(Arc<HttpTarget>),
+}
+
+/// A running server.
+#[derive(Debug)]
+struct HttpTarget {
+    /// `HOST:PORT`.
+    authority: String,
+    api_key: String,
+}
+
+/// One keep-alive connection to the server.
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl HttpTarget {
+    fn parse(url: &str, api_key: Option<String>) -> anyhow::Result<Self> {
+        let authority = url
+            .strip_prefix("http://")
+            .context("--target must be http://HOST:PORT")?
+            .trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') {
+            anyhow::bail!("--target must be http://HOST:PORT (no path), got {url}");
+        }
+        let api_key = api_key
+            .context("--target needs --api-key (or MARKETGOV_API_KEY): an admin or tenant key")?;
+        Ok(Self {
+            authority: authority.to_owned(),
+            api_key,
+        })
+    }
+
+    async fn connect(&self) -> Result<Connection, String> {
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Connection { sender })
+    }
+
+    /// One request; answers the status, the `Idempotent-Replayed` mark and the body.
+    async fn request(
+        &self,
+        conn: &mut Connection,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(u16, bool, Value), String> {
+        let mut builder = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.authority)
+            .header("authorization", format!("Bearer {}", self.api_key));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let bytes = match body {
+            Some(v) => {
+                builder = builder.header("content-type", "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let request = builder
+            .body(Full::new(bytes))
+            .map_err(|e| format!("request: {e}"))?;
+        conn.sender
+            .ready()
+            .await
+            .map_err(|e| format!("connection: {e}"))?;
+        let response = conn
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("connection: {e}"))?;
+        let status = response.status().as_u16();
+        let replayed = response
+            .headers()
+            .get("Idempotent-Replayed")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("connection: {e}"))?
+            .to_bytes();
+        let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        Ok((status, replayed, value))
+    }
+}
+
+impl Client {
+    /// Submits one customer event; an `Err` is the kind of failure, for the report.
+    async fn submit(
+        &self,
+        conn: &mut Option<Connection>,
+        key: &str,
+        event: &Value,
+    ) -> Result<Answer, String> {
+        match self {
+            Client::InProc(app) => {
+                let event = match Input::from_value(event.clone()) {
+                    Ok(Input::Customer(e)) => e,
+                    _ => return Err("bench_built_an_invalid_event".into()),
+                };
+                match app.submit_event(TENANT, Some(key), event).await {
+                    Ok(reply) => Ok(Answer {
+                        status: reply.status,
+                        replayed: reply.replayed,
+                    }),
+                    Err(e) => Err(format!("{e:?}")
+                        .split(['(', ' ', '{'])
+                        .next()
+                        .unwrap_or("error")
+                        .to_owned()),
+                }
+            }
+            Client::Http(target) => {
+                if conn.is_none() {
+                    *conn = Some(target.connect().await?);
+                }
+                let Some(c) = conn.as_mut() else {
+                    return Err("connection".into());
+                };
+                let answer = target
+                    .request(
+                        c,
+                        "POST",
+                        "/v1/events",
+                        &[("idempotency-key", key)],
+                        Some(event),
+                    )
+                    .await;
+                let (code, replayed, body) = match answer {
+                    Ok(a) => a,
+                    Err(e) => {
+                        *conn = None; // reconnect for the next event
+                        return Err(e.split(':').next().unwrap_or("connection").to_owned());
+                    }
+                };
+                match code {
+                    200 | 202 | 409 => {
+                        let status = body
+                            .get("status")
+                            .cloned()
+                            .and_then(|s| serde_json::from_value::<EventStatus>(s).ok())
+                            .ok_or_else(|| format!("http_{code}_without_a_status"))?;
+                        Ok(Answer { status, replayed })
+                    }
+                    _ => Err(format!(
+                        "http_{code}_{}",
+                        body.get("type")
+                            .and_then(Value::as_str)
+                            .and_then(|t| t.rsplit('/').next())
+                            .unwrap_or("error")
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The engine's counters (`GET /v1/stats` over HTTP).
+    async fn stats(&self) -> anyhow::Result<Value> {
+        match self {
+            Client::InProc(app) => Ok(app.stats()?),
+            Client::Http(target) => {
+                let mut conn = target.connect().await.map_err(anyhow::Error::msg)?;
+                let (code, _, body) = target
+                    .request(&mut conn, "GET", "/v1/stats", &[], None)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                anyhow::ensure!(code == 200, "GET /v1/stats answered {code}: {body}");
+                Ok(body)
+            }
+        }
+    }
+
+    /// Puts the two products of the workload on sale.
+    async fn publish_products(&self) -> anyhow::Result<()> {
+        for (sku, price) in [("basic", 1000), ("pro", 2000)] {
+            match self {
+                Client::InProc(app) => {
+                    let submit = json!({"type": "product_submitted", "sku": sku, "name": sku, "price": price,
+                        "currency": "USD", "billing_period_days": 30, "quotas": {"api": 1000}});
+                    let publish =
+                        json!({"type": "product_published", "sku": sku, "expected_version": 1});
+                    for value in [submit, publish] {
+                        let Input::Catalog(c) = Input::from_value(value)? else {
+                            anyhow::bail!("the bench's catalog command is not one")
+                        };
+                        app.submit_catalog(TENANT, None, c).await?;
+                    }
+                }
+                Client::Http(target) => {
+                    let mut conn = target.connect().await.map_err(anyhow::Error::msg)?;
+                    let body = json!({"name": sku, "price": price, "currency": "USD",
+                        "billing_period_days": 30, "quotas": {"api": 1000}, "publish": true});
+                    let path = format!("/v1/products/{sku}");
+                    let (code, _, answer) = target
+                        .request(&mut conn, "PUT", &path, &[], Some(&body))
+                        .await
+                        .map_err(anyhow::Error::msg)?;
+                    // 409: already on sale at this price from an earlier run.
+                    anyhow::ensure!(
+                        matches!(code, 200 | 201 | 409),
+                        "PUT {path} answered {code}: {answer}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 pub fn run(settings: Settings) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("MARKETGOV_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder.worker_threads(n);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    if let Some(url) = &settings.target {
+        let target = HttpTarget::parse(url, settings.api_key.clone())?;
+        return runtime.block_on(run_on(&settings, Client::Http(Arc::new(target))));
+    }
     let (dir, temporary) = match &settings.data_dir {
         Some(d) => (d.clone(), false),
         None => {
@@ -121,41 +478,66 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             )
         }
     };
-    let outcome = runtime.block_on(run_on(&settings, &dir));
+    let outcome = runtime.block_on(async {
+        let mut options = EngineOptions::new(&dir);
+        options.clock = Arc::new(ManualClock::starting_at("2026-01-01T00:00:00Z".parse()?));
+        options.shards = settings.shards.max(1);
+        options.streams_in_memory_max = settings.streams_in_memory_max.max(1);
+        let app = App::open(options).with_context(|| format!("opening {}", dir.display()))?;
+        run_on(&settings, Client::InProc(app)).await
+    });
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     }
     outcome
 }
 
-async fn run_on(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<()> {
-    let mut options = EngineOptions::new(dir);
-    options.clock = Arc::new(ManualClock::starting_at("2026-01-01T00:00:00Z".parse()?));
-    options.shards = settings.shards.max(1);
-    let app = App::open(options).with_context(|| format!("opening {}", dir.display()))?;
-    for (sku, price) in [("basic", 1000), ("pro", 2000)] {
-        let submit = json!({"type": "product_submitted", "sku": sku, "name": sku, "price": price, "currency": "USD",
-            "billing_period_days": 30, "quotas": {"api": 1000}});
-        for value in [
-            submit,
-            json!({"type": "product_published", "sku": sku, "expected_version": 1}),
-        ] {
-            let Input::Catalog(c) = Input::from_value(value)? else {
-                anyhow::bail!("bench catalog")
-            };
-            app.submit_catalog("bench", None, c).await?;
-        }
+/// Paces sends at `rate` per second over all workers: the k-th send is due at `start + k/rate`.
+struct Pacer {
+    start: Instant,
+    rate: u64,
+    next: AtomicU64,
+}
+
+impl Pacer {
+    /// Waits for the next slot; answers when it was due (the start of the event's latency).
+    async fn slot(&self) -> Instant {
+        let k = self.next.fetch_add(1, Ordering::Relaxed);
+        let due = self.start + Duration::from_nanos(k.saturating_mul(1_000_000_000) / self.rate);
+        tokio::time::sleep_until(due.into()).await;
+        due
     }
+}
+
+async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
+    client.publish_products().await?;
+    // Over HTTP, customers are named for this run so a second run on the same server is fresh.
+    let prefix = match &client {
+        Client::InProc(_) => "bench".to_owned(),
+        Client::Http(_) => format!(
+            "bench-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        ),
+    };
     let total_events: usize = (0..settings.customers)
-        .map(|i| script(settings.seed, i).len())
+        .map(|i| script(settings.seed, "c", i, false).len())
         .sum();
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(total_events)));
+    let latencies = Arc::new(Mutex::new(Histogram::new()));
     let errors: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
-    let (decide_before, handle_before) = app.timing_nanos();
-    let stats_before = app.store().stats()?;
+    let stats_before = client.stats().await?;
     let started = Instant::now();
+    let pacer = settings.rate.filter(|r| *r > 0).map(|rate| {
+        Arc::new(Pacer {
+            start: started,
+            rate,
+            next: AtomicU64::new(0),
+        })
+    });
     let progress = {
         let done = done.clone();
         let quiet = settings.json;
@@ -164,9 +546,13 @@ async fn run_on(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<()
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 if !quiet {
                     let n = done.load(Ordering::Relaxed);
+                    let width = 30;
+                    let filled = (n as usize * width) / total_events.max(1);
                     eprint!(
-                        "\r{n}/{total_events} events ({:.0}%)",
-                        100.0 * n as f64 / total_events.max(1) as f64
+                        "\r[{}{}] {n}/{total_events} events, {:.0}/s   ",
+                        "#".repeat(filled.min(width)),
+                        ".".repeat(width - filled.min(width)),
+                        n as f64 / started.elapsed().as_secs_f64().max(1e-9)
                     );
                 }
             }
@@ -174,55 +560,65 @@ async fn run_on(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<()
     };
     let mut workers = Vec::new();
     for _ in 0..settings.concurrency.max(1) {
-        let (app, next, done, latencies, errors) = (
-            app.clone(),
+        let (client, next, done, latencies, errors, pacer, prefix) = (
+            client.clone(),
             next.clone(),
             done.clone(),
             latencies.clone(),
             errors.clone(),
+            pacer.clone(),
+            prefix.clone(),
         );
         let (customers, seed) = (settings.customers, settings.seed);
+        let live = matches!(client, Client::Http(_));
         workers.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
+            let mut mine = Histogram::new();
+            let mut conn = None;
+            let mut wrong = std::collections::BTreeMap::<String, u64>::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= customers {
                     break;
                 }
-                for (n, step) in script(seed, i).into_iter().enumerate() {
-                    let event: CustomerEvent = match Input::from_value(step.event) {
-                        Ok(Input::Customer(e)) => e,
-                        _ => continue,
+                let customer = format!("{prefix}-{i}");
+                let mut previous: Option<(String, EventStatus)> = None;
+                for (n, step) in script(seed, &customer, i, live).into_iter().enumerate() {
+                    let key = match (&previous, step.replays_previous) {
+                        (Some((key, _)), true) => key.clone(),
+                        _ => format!("{customer}-{n}"),
                     };
-                    let key = format!("bench-{i}-{n}");
-                    let t = Instant::now();
-                    let result = app.submit_event("bench", Some(&key), event).await;
-                    mine.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    let sent = match &pacer {
+                        Some(p) => p.slot().await,
+                        None => Instant::now(),
+                    };
+                    let answer = client.submit(&mut conn, &key, &step.event).await;
+                    mine.record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
                     done.fetch_add(1, Ordering::Relaxed);
-                    let problem = match result {
-                        Ok(reply) if reply.replayed => Some("unexpected_replay".to_owned()),
-                        Ok(reply) if step.allowed.contains(&reply.status) => None,
-                        Ok(reply) => Some(format!(
-                            "unexpected_status_{}_at_step_{n}",
-                            reply.status.name()
-                        )),
-                        Err(e) => Some(
-                            format!("{e:?}")
-                                .split(['(', ' ', '{'])
-                                .next()
-                                .unwrap_or("error")
-                                .to_owned(),
-                        ),
+                    let problem = match &answer {
+                        Err(kind) => Some(kind.clone()),
+                        Ok(a) if step.replays_previous => match &previous {
+                            Some((_, status)) if a.replayed && a.status == *status => None,
+                            _ => Some(format!("replay_not_marked_at_step_{n}")),
+                        },
+                        Ok(a) if a.replayed => Some(format!("unexpected_replay_at_step_{n}")),
+                        Ok(a) if step.allowed.contains(&a.status) => None,
+                        Ok(a) => Some(format!("unexpected_status_{}_at_step_{n}", a.status.name())),
                     };
                     if let Some(kind) = problem {
-                        if let Ok(mut errors) = errors.lock() {
-                            *errors.entry(kind).or_default() += 1;
-                        }
+                        *wrong.entry(kind).or_default() += 1;
+                    }
+                    if let Ok(a) = &answer {
+                        previous = Some((key, a.status));
                     }
                 }
             }
             if let Ok(mut all) = latencies.lock() {
-                all.extend(mine);
+                all.merge(&mine);
+            }
+            if let Ok(mut all) = errors.lock() {
+                for (kind, n) in wrong {
+                    *all.entry(kind).or_default() += n;
+                }
             }
         }));
     }
@@ -234,89 +630,162 @@ async fn run_on(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<()
     if !settings.json {
         eprintln!();
     }
-    let (decide_after, handle_after) = app.timing_nanos();
-    let stats = app.store().stats()?;
-    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(
-            ((lat.len() as f64 * p).ceil() as usize)
-                .saturating_sub(1)
-                .min(lat.len().saturating_sub(1)),
-        )
-        .copied()
-        .unwrap_or(0)
-    };
-    let events = lat.len() as u64;
-    let db_bytes: u64 = ["marketgov.db", "marketgov.db-wal"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum();
-    let commits = stats.commits - stats_before.commits;
-    let batches = (stats.batches - stats_before.batches).max(1);
-    let decide = decide_after - decide_before;
-    let handle = (handle_after - handle_before).max(1);
+    let stats = client.stats().await?;
+    let lat = latencies
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_else(|_| Histogram::new());
     let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
-    let report = json!({
-        "mode": "inproc",
-        "customers": settings.customers,
-        "concurrency": settings.concurrency,
-        "shards": settings.shards,
-        "seed": settings.seed,
-        "events": events,
-        "seconds": elapsed.as_secs_f64(),
-        "events_per_second": events as f64 / elapsed.as_secs_f64().max(1e-9),
-        "latency_us": {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "p999": pct(0.999), "max": lat.last().copied().unwrap_or(0)},
-        "errors": errors,
-        "peak_rss_mib": peak_rss_kib() as f64 / 1024.0,
-        "store_bytes_per_event": db_bytes as f64 / stats.events.max(1) as f64,
-        "commit_batch_size_mean": commits as f64 / batches as f64,
-        "coordination_compute_ratio": (handle.saturating_sub(decide)) as f64 / decide.max(1) as f64,
-        "outbox_depth": stats.outbox,
-    });
+    let report = report(
+        settings,
+        &client,
+        elapsed,
+        &lat,
+        &errors,
+        &stats_before,
+        &stats,
+    );
     let mut out = std::io::stdout().lock();
     if settings.json {
         writeln!(out, "{report}")?;
     } else {
-        writeln!(
-            out,
-            "marketgov bench (in process, embedded store, every acknowledgement synced)"
-        )?;
-        writeln!(
-            out,
-            "  {} customers, concurrency {}, {} shards, seed {}",
-            settings.customers, settings.concurrency, settings.shards, settings.seed
-        )?;
-        writeln!(
-            out,
-            "  {events} events in {:.2} s: {:.0} events/s",
-            elapsed.as_secs_f64(),
-            report["events_per_second"].as_f64().unwrap_or(0.0)
-        )?;
-        writeln!(
-            out,
-            "  latency p50 {} us, p95 {} us, p99 {} us, p99.9 {} us",
-            pct(0.5),
-            pct(0.95),
-            pct(0.99),
-            pct(0.999)
-        )?;
-        writeln!(
-            out,
-            "  errors: {}",
-            if errors.is_empty() {
-                "none".to_owned()
-            } else {
-                format!("{errors:?}")
-            }
-        )?;
-        writeln!(out, "  peak memory {:.1} MiB, store {:.0} bytes/event, mean commit batch {:.1}, coordination/compute {:.1}",
-            report["peak_rss_mib"].as_f64().unwrap_or(0.0), report["store_bytes_per_event"].as_f64().unwrap_or(0.0),
-            report["commit_batch_size_mean"].as_f64().unwrap_or(0.0), report["coordination_compute_ratio"].as_f64().unwrap_or(0.0))?;
+        print_summary(&mut out, &report)?;
     }
     if !errors.is_empty() {
         anyhow::bail!("the bench saw wrong answers: {errors:?}");
     }
     Ok(())
+}
+
+fn report(
+    settings: &Settings,
+    client: &Client,
+    elapsed: Duration,
+    lat: &Histogram,
+    errors: &std::collections::BTreeMap<String, u64>,
+    before: &Value,
+    after: &Value,
+) -> Value {
+    let n = |v: &Value, path: &[&str]| {
+        path.iter()
+            .try_fold(v, |v, k| v.get(*k))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let delta = |path: &[&str]| n(after, path).saturating_sub(n(before, path));
+    let events = lat.total();
+    let commits = delta(&["commits"]);
+    let batches = delta(&["commit_batches"]).max(1);
+    let decide = delta(&["timing_nanos", "decide"]);
+    let handle = delta(&["timing_nanos", "handle"]);
+    let peak = match client {
+        Client::InProc(_) => peak_rss_bytes(),
+        Client::Http(_) => n(after, &["memory", "peak_resident_bytes"]),
+    };
+    let (mode, target) = match client {
+        Client::InProc(_) => ("inproc", Value::Null),
+        Client::Http(t) => ("http", json!(format!("http://{}", t.authority))),
+    };
+    json!({
+        "mode": mode,
+        "target": target,
+        "customers": settings.customers,
+        "concurrency": settings.concurrency,
+        "rate": settings.rate,
+        "shards": if mode == "inproc" { json!(settings.shards) } else { Value::Null },
+        "seed": settings.seed,
+        "events": events,
+        "seconds": elapsed.as_secs_f64(),
+        "events_per_second": events as f64 / elapsed.as_secs_f64().max(1e-9),
+        "latency_us": {"p50": lat.quantile(0.50), "p95": lat.quantile(0.95), "p99": lat.quantile(0.99),
+            "p999": lat.quantile(0.999), "max": lat.max()},
+        "errors": errors,
+        "peak_rss_mib": peak as f64 / (1024.0 * 1024.0),
+        "store_bytes_per_event": n(after, &["store_bytes"]) as f64 / n(after, &["events_processed"]).max(1) as f64,
+        "commit_batch_size_mean": commits as f64 / batches as f64,
+        "coordination_compute_ratio": handle.saturating_sub(decide) as f64 / decide.max(1) as f64,
+    })
+}
+
+fn print_summary(out: &mut impl Write, r: &Value) -> std::io::Result<()> {
+    let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+    let l = |k: &str| r["latency_us"][k].as_u64().unwrap_or(0);
+    let mode = match r["target"].as_str() {
+        Some(t) => format!("over HTTP to {t}"),
+        None => "in process, embedded store".to_owned(),
+    };
+    writeln!(
+        out,
+        "marketgov bench ({mode}, every acknowledgement synced)"
+    )?;
+    let pacing = match r["rate"].as_u64() {
+        Some(rate) => format!(", paced at {rate} events/s"),
+        None => String::new(),
+    };
+    let shards = match r["shards"].as_u64() {
+        Some(s) => format!(", {s} shards"),
+        None => String::new(),
+    };
+    writeln!(
+        out,
+        "  {} customers, concurrency {}{shards}{pacing}, seed {}",
+        r["customers"], r["concurrency"], r["seed"]
+    )?;
+    writeln!(
+        out,
+        "  {} events in {:.2} s: {:.0} events/s",
+        r["events"],
+        f("seconds"),
+        f("events_per_second")
+    )?;
+    writeln!(
+        out,
+        "  latency p50 {} us, p95 {} us, p99 {} us, p99.9 {} us, max {} us",
+        l("p50"),
+        l("p95"),
+        l("p99"),
+        l("p999"),
+        l("max")
+    )?;
+    let errors = r["errors"].as_object().filter(|e| !e.is_empty());
+    writeln!(
+        out,
+        "  errors: {}",
+        errors.map_or("none".to_owned(), |e| Value::Object(e.clone()).to_string())
+    )?;
+    writeln!(
+        out,
+        "  peak memory {:.1} MiB, store {:.0} bytes/event, mean commit batch {:.1}, coordination/compute {:.1}",
+        f("peak_rss_mib"),
+        f("store_bytes_per_event"),
+        f("commit_batch_size_mean"),
+        f("coordination_compute_ratio")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Histogram;
+
+    #[test]
+    fn histogram_quantiles_are_within_a_thousandth() {
+        let mut h = Histogram::new();
+        for v in 1..=100_000u64 {
+            h.record(v);
+        }
+        for (q, exact) in [(0.5, 50_000u64), (0.99, 99_000), (0.999, 99_900)] {
+            let got = h.quantile(q);
+            assert!(
+                got <= exact && exact - got <= exact / 1000,
+                "q{q}: {got} vs {exact}"
+            );
+        }
+        assert_eq!(h.quantile(0.0001), 10);
+        assert!(h.max() <= 100_000 && h.max() >= 99_900);
+        for v in [0u64, 1, 2047, 2048, 4095, 4096, 1 << 40, u64::MAX] {
+            let b = Histogram::bucket(v);
+            assert!(Histogram::floor(b) <= v, "{v}");
+            assert!(Histogram::bucket(Histogram::floor(b)) == b, "{v}");
+        }
+    }
 }

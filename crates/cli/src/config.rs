@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub clock: Option<String>,
     pub clock_start: Option<String>,
     pub shards: Option<usize>,
+    pub streams_in_memory_max: Option<usize>,
     pub snapshot_every_events: Option<u64>,
     pub idempotency_window_hours: Option<i64>,
     pub tenant_effects_per_second: Option<u32>,

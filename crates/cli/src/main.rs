@@ -63,6 +63,13 @@ enum Command {
         /// Shards customers are hashed onto.
         #[arg(long, default_value_t = 64, env = "MARKETGOV_SHARDS")]
         shards: usize,
+        /// Customer and product streams kept in memory, all shards together.
+        #[arg(
+            long,
+            default_value_t = 100_000,
+            env = "MARKETGOV_STREAMS_IN_MEMORY_MAX"
+        )]
+        streams_in_memory_max: usize,
         /// A snapshot every this many events per stream.
         #[arg(long, default_value_t = 64, env = "MARKETGOV_SNAPSHOT_EVERY_EVENTS")]
         snapshot_every_events: u64,
@@ -93,24 +100,41 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
-    /// Runs the built-in load generator (SPEC 5) in process on a fresh embedded store.
+    /// Runs the built-in load generator (SPEC 5): in process on a fresh embedded store, or
+    /// against a running server with `--target`.
     Bench {
-        /// Customers in the workload (about nine events each).
+        /// Customers in the workload (about ten events each).
         #[arg(long, default_value_t = 2000)]
         customers: usize,
-        /// Customers run concurrently.
+        /// Customers run concurrently (one request in flight each).
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
         /// Seed of the workload.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Shards of the engine.
+        /// `inproc` (the engine in this process) or `http` (needs `--target`).
+        #[arg(long, value_enum, default_value_t = BenchMode::Inproc)]
+        mode: BenchMode,
+        /// A running server, `http://HOST:PORT` (implies `--mode http`).
+        #[arg(long)]
+        target: Option<String>,
+        /// The key the HTTP workload authenticates with (admin or tenant key).
+        #[arg(long, env = "MARKETGOV_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Pace the workload at this many events per second (default: closed loop, as fast as
+        /// answers come); latency is then measured from each event's scheduled time.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Shards of the engine (in process).
         #[arg(long, default_value_t = 64)]
         shards: usize,
+        /// Streams kept in memory (in process).
+        #[arg(long, default_value_t = 100_000)]
+        streams_in_memory_max: usize,
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
-        /// Keep the store here (default: a temporary directory, removed afterwards).
+        /// Keep the store here (in process; default: a temporary directory, removed afterwards).
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -176,6 +200,13 @@ enum GovernorsCommand {
         #[arg(long, default_value = "docs")]
         out_dir: PathBuf,
     },
+}
+
+/// Where `marketgov bench` sends its workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchMode {
+    Inproc,
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -260,6 +291,7 @@ fn layer_config(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<Cli>
         clock_start,
         config,
         shards,
+        streams_in_memory_max,
         snapshot_every_events,
         idempotency_window_hours,
         tenant_effects_per_second,
@@ -289,6 +321,9 @@ fn layer_config(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<Cli>
     }
     if let (true, Some(v)) = (d("shards"), file.shards) {
         *shards = v;
+    }
+    if let (true, Some(v)) = (d("streams_in_memory_max"), file.streams_in_memory_max) {
+        *streams_in_memory_max = v;
     }
     if let (true, Some(v)) = (d("snapshot_every_events"), file.snapshot_every_events) {
         *snapshot_every_events = v;
@@ -373,17 +408,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             customers,
             concurrency,
             seed,
+            mode,
+            target,
+            api_key,
+            rate,
             shards,
+            streams_in_memory_max,
             json,
             data_dir,
-        } => bench::run(bench::Settings {
-            customers,
-            concurrency,
-            seed,
-            json,
-            data_dir,
-            shards,
-        }),
+        } => {
+            if mode == BenchMode::Http && target.is_none() {
+                anyhow::bail!("--mode http needs --target http://HOST:PORT");
+            }
+            bench::run(bench::Settings {
+                customers,
+                concurrency,
+                seed,
+                json,
+                data_dir,
+                shards,
+                streams_in_memory_max,
+                target,
+                api_key,
+                rate,
+            })
+        }
         Command::Ingest {
             data_dir,
             concurrency,
@@ -402,6 +451,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             clock,
             clock_start,
             shards,
+            streams_in_memory_max,
             snapshot_every_events,
             idempotency_window_hours,
             tenant_effects_per_second,
@@ -414,6 +464,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             manual: clock == ClockKind::Manual,
             clock_start,
             shards,
+            streams_in_memory_max,
             snapshot_every_events,
             idempotency_window_hours,
             tenant_effects_per_second,

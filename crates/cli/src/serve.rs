@@ -20,6 +20,7 @@ pub struct Settings {
     pub manual: bool,
     pub clock_start: Option<String>,
     pub shards: usize,
+    pub streams_in_memory_max: usize,
     pub snapshot_every_events: u64,
     pub idempotency_window_hours: i64,
     pub tenant_effects_per_second: u32,
@@ -35,10 +36,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         settings.clock_start.clone(),
     );
     if settings.shards == 0
+        || settings.streams_in_memory_max == 0
         || settings.snapshot_every_events == 0
         || settings.idempotency_window_hours <= 0
     {
-        bail!("shards, snapshot_every_events and idempotency_window_hours must be positive");
+        bail!("shards, streams_in_memory_max, snapshot_every_events and idempotency_window_hours must be positive");
     }
     if manual && !listen.ip().is_loopback() {
         bail!("--clock manual is for tests and demos and is refused unless listening on loopback (got {listen})");
@@ -53,6 +55,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let mut options = EngineOptions::new(&data_dir);
         options.shards = settings.shards;
+        options.streams_in_memory_max = settings.streams_in_memory_max;
         options.snapshot_every_events = settings.snapshot_every_events;
         options.idempotency_window_ms = settings.idempotency_window_hours.saturating_mul(3_600_000);
         options.tenant_effects_per_second = settings.tenant_effects_per_second;

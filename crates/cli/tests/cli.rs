@@ -126,7 +126,8 @@ fn the_bench_runs_a_tiny_workload_and_checks_every_answer() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
-    assert!(report["events"].as_u64().unwrap() >= 30 * 8, "{report}");
+    assert!(report["events"].as_u64().unwrap() >= 30 * 9, "{report}");
+    assert_eq!(report["mode"], "inproc");
     assert_eq!(
         report["errors"],
         serde_json::json!({}),

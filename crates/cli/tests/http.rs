@@ -1109,3 +1109,37 @@ fn the_payment_retry_schedule_runs_to_written_off_over_http() {
     assert_eq!(customer["governors"]["subscription"]["state"], "expired");
     assert_eq!(customer["governors"]["entitlement"]["state"], "cancelled");
 }
+
+#[test]
+fn the_bench_runs_over_http_against_a_server_and_checks_every_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let target = format!("http://127.0.0.1:{}", server.port);
+    // Twice against the same server: the second run's customers are new ones.
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_marketgov"))
+            .args(["bench", "--target", &target, "--customers", "20"])
+            .args(["--concurrency", "4", "--json"])
+            .env("MARKETGOV_API_KEY", ADMIN)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["mode"], "http", "{report}");
+        assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+        assert!(report["events"].as_u64().unwrap() >= 20 * 9, "{report}");
+        assert!(report["commit_batch_size_mean"].as_f64().unwrap() >= 1.0);
+    }
+    let (status, _, stats) = server.admin("GET", "/v1/stats", None, None);
+    assert_eq!(status, 200);
+    assert!(
+        stats["events_processed"].as_u64().unwrap() >= 2 * 20 * 8,
+        "{stats}"
+    );
+    server.stop();
+}

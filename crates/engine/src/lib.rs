@@ -106,8 +106,10 @@ pub struct EngineOptions {
     pub shards: usize,
     /// Work items waiting per shard before new ones are refused.
     pub shard_queue_max: usize,
-    /// Streams kept in memory per shard; beyond it the least recently loaded is dropped.
-    pub shard_cache_streams_max: usize,
+    /// Streams kept in memory, all shards together (each shard keeps its share); beyond it a
+    /// shard drops its least recently loaded stream, which reloads from its snapshot on demand.
+    /// This, not the number of customers known, bounds the engine's memory.
+    pub streams_in_memory_max: usize,
     /// Commits a shard keeps in flight (sent to the store, not yet synced) at most; each is for
     /// a different stream. More lets one sync carry more decisions.
     pub shard_commits_in_flight_max: usize,
@@ -157,7 +159,7 @@ impl EngineOptions {
             data_dir: data_dir.into(),
             shards: 64,
             shard_queue_max: 1024,
-            shard_cache_streams_max: 16_384,
+            streams_in_memory_max: 100_000,
             shard_commits_in_flight_max: 64,
             snapshot_every_events: 64,
             idempotency_window_ms: 24 * 3600 * 1000,

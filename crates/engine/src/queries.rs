@@ -268,11 +268,41 @@ impl App {
             "errors": self.inner().refused.load(std::sync::atomic::Ordering::Relaxed),
             "counted_since": "start of this process (conflicts, errors)",
             "shard_restarts": self.shard_restarts(),
+            "store_bytes": self.store_bytes(),
+            "timing_nanos": {
+                "decide": self.timing_nanos().0,
+                "handle": self.timing_nanos().1,
+                "meaning": "summed over customer events since start: time in the pure decision, and from a shard taking the event to its answer"
+            },
+            "memory": process_memory(),
         }))
     }
 }
 
+/// This process's resident memory and its peak, in bytes (Linux; absent elsewhere).
+fn process_memory() -> Value {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|v| v * 1024)
+    };
+    json!({"resident_bytes": kib("VmRSS:"), "peak_resident_bytes": kib("VmHWM:")})
+}
+
 impl App {
+    /// The embedded store's size on disk: the database file and its write-ahead log, in bytes.
+    pub fn store_bytes(&self) -> u64 {
+        ["marketgov.db", "marketgov.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(self.inner().options.data_dir.join(f)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// Parks an input for an operator (or for a later automatic retry): a review item holding
     /// the input, the reason and `extra` fields. Answers the item's id.
     pub async fn park_input(

@@ -369,7 +369,10 @@ impl Shard {
         if !self.cache.contains_key(stream) {
             let load = self.inner.store.load_stream(stream)?;
             let state = rebuild(stream, load)?;
-            if self.cache.len() >= self.inner.options.shard_cache_streams_max {
+            let share = (self.inner.options.streams_in_memory_max
+                / self.inner.options.shards.max(1))
+            .max(1);
+            if self.cache.len() >= share {
                 if let Some(oldest) = self.loaded.pop_front() {
                     self.cache.remove(&oldest);
                 }

@@ -46,6 +46,18 @@ pub enum Sync {
     Off,
 }
 
+/// The background checkpointer copies the write-ahead log into the database this often (when
+/// anything was committed since), off the writer's path.
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The writer checkpoints itself only if the log reaches this many pages (64 MiB): a backstop
+/// for a checkpointer that falls behind, so the log stays bounded.
+pub const WRITER_CHECKPOINT_BACKSTOP_PAGES: u32 = 16_384;
+
+/// Read connections: reads (stream loads, idempotency lookups, queries) from different tasks run
+/// side by side instead of queueing on one connection.
+pub const READERS: usize = 4;
+
 /// The writer connection's page cache, in KiB: the index pages a batch touches stay in memory
 /// instead of being read back from the file (SQLite's default is 2 MiB).
 pub const WRITER_PAGE_CACHE_KIB: u32 = 32 * 1024;
@@ -153,10 +165,15 @@ impl Shared {
 #[derive(Debug)]
 pub struct SqliteStore {
     tx: Option<SyncSender<writer::Request>>,
-    reader: Mutex<Connection>,
+    /// Read connections (WAL readers see the last committed state and never block the writer).
+    readers: Vec<Mutex<Connection>>,
+    reader_turn: AtomicUsize,
     shared: Arc<Shared>,
     commit_queue_max: usize,
     writer: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
+    /// Dropped to stop the checkpointer.
+    checkpointer_stop: Option<SyncSender<()>>,
     _lock: File,
     path: PathBuf,
 }
@@ -191,7 +208,7 @@ impl SqliteStore {
         };
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;
-             PRAGMA cache_size = -{WRITER_PAGE_CACHE_KIB};"
+             PRAGMA cache_size = -{WRITER_PAGE_CACHE_KIB}; PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_BACKSTOP_PAGES};"
         ))
         .map_err(storage)?;
         let journal: String = conn
@@ -216,12 +233,16 @@ impl SqliteStore {
             })
             .map_err(storage)?;
 
-        let reader = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(storage)?;
-        reader.set_prepared_statement_cache_capacity(64);
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(storage)?;
+            reader.set_prepared_statement_cache_capacity(64);
+            readers.push(Mutex::new(reader));
+        }
 
         let shared = Arc::new(Shared::default());
         shared.head_seq.store(head.seq, Ordering::Relaxed);
@@ -240,12 +261,17 @@ impl SqliteStore {
             .name("marketgov-store-writer".into())
             .spawn(move || w.run(rx))
             .map_err(|e| Error::Unavailable(format!("cannot start the writer: {e}")))?;
+        let (checkpointer_stop, stop_rx) = sync_channel::<()>(0);
+        let checkpointer = checkpointer(&path, shared.clone(), stop_rx)?;
         Ok(Self {
             tx: Some(tx),
-            reader: Mutex::new(reader),
+            readers,
+            reader_turn: AtomicUsize::new(0),
             shared,
             commit_queue_max: options.commit_queue_max,
             writer: Some(writer),
+            checkpointer: Some(checkpointer),
+            checkpointer_stop: Some(checkpointer_stop),
             _lock: lock,
             path,
         })
@@ -266,8 +292,17 @@ impl SqliteStore {
         self.shared.stopped_reason()
     }
 
+    /// A free read connection, or (all busy) the next one in turn, waited for.
     fn reader(&self) -> Result<MutexGuard<'_, Connection>, Error> {
-        self.reader
+        for r in &self.readers {
+            if let Ok(conn) = r.try_lock() {
+                return Ok(conn);
+            }
+        }
+        let turn = self.reader_turn.fetch_add(1, Ordering::Relaxed) % self.readers.len().max(1);
+        self.readers
+            .get(turn)
+            .ok_or_else(|| Error::Storage("no reader connection".into()))?
             .lock()
             .map_err(|_| Error::Storage("reader connection poisoned".into()))
     }
@@ -280,7 +315,45 @@ impl Drop for SqliteStore {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+        self.checkpointer_stop.take();
+        if let Some(c) = self.checkpointer.take() {
+            let _ = c.join();
+        }
     }
+}
+
+/// Starts the thread that checkpoints the write-ahead log (PASSIVE: it never blocks the writer
+/// or readers) every [`CHECKPOINT_INTERVAL`] when something was committed. A checkpoint that
+/// fails is tried again at the next tick: what it copies is already durable in the log. Once the
+/// writer has stopped (fail-stop), nothing more is copied.
+fn checkpointer(
+    path: &Path,
+    shared: Arc<Shared>,
+    stop: std::sync::mpsc::Receiver<()>,
+) -> Result<JoinHandle<()>, Error> {
+    let conn = Connection::open(path).map_err(storage)?;
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 1000;")
+        .map_err(storage)?;
+    std::thread::Builder::new()
+        .name("marketgov-store-checkpointer".into())
+        .spawn(move || {
+            let mut copied = 0;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stop.recv_timeout(CHECKPOINT_INTERVAL)
+            {
+                let batches = shared.batches.load(Ordering::Relaxed);
+                if batches == copied || shared.stopped_reason().is_some() {
+                    continue;
+                }
+                if conn
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    .is_ok()
+                {
+                    copied = batches;
+                }
+            }
+        })
+        .map_err(|e| Error::Unavailable(format!("cannot start the checkpointer: {e}")))
 }
 
 impl Store for SqliteStore {

@@ -70,6 +70,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE checkpoints (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, signature TEXT NOT NULL);
     ",
+    // 2: idempotency records age in insertion (rowid) order; the index by time cost an insert
+    // per keyed event and only served the sweep.
+    r"
+    DROP INDEX idempotency_age;
+    ",
 ];
 
 /// The schema version this release writes.

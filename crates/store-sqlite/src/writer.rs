@@ -249,26 +249,7 @@ fn write_commit(
             .map_err(storage)?;
     }
     if let Some(sweep) = &commit.idempotency_sweep {
-        let limit = sweep.limit as i64;
-        let removed = tx
-            .prepare_cached(
-                "DELETE FROM idempotency WHERE rowid IN
-                 (SELECT rowid FROM idempotency WHERE created_at_ms < ?1 ORDER BY created_at_ms LIMIT ?2)",
-            )
-            .and_then(|mut st| st.execute(params![sweep.before_ms, limit]))
-            .map_err(storage)?;
-        let count: i64 = tx
-            .query_row("SELECT COUNT(*) FROM idempotency", [], |r| r.get(0))
-            .map_err(storage)?;
-        let excess = (count - sweep.keep_max as i64).min(limit - removed as i64);
-        if excess > 0 {
-            tx.prepare_cached(
-                "DELETE FROM idempotency WHERE rowid IN
-                 (SELECT rowid FROM idempotency ORDER BY created_at_ms LIMIT ?1)",
-            )
-            .and_then(|mut st| st.execute(params![excess]))
-            .map_err(storage)?;
-        }
+        sweep_idempotency(tx, sweep)?;
     }
     for r in &commit.idempotency {
         let sum = checksum(&[r.fingerprint.as_slice(), &r.response].concat());
@@ -362,4 +343,41 @@ fn conflict_or_storage(err: rusqlite::Error, what: impl FnOnce() -> String) -> E
         Some(rusqlite::ErrorCode::ConstraintViolation) => Error::Conflict(what()),
         _ => storage(err),
     }
+}
+
+/// Removes expired idempotency records and those beyond the count bound, oldest first, at most
+/// `sweep.limit` per call. Age is insertion order (the rowid): records are written with the
+/// clock of their commit, so the oldest rowids are the oldest records, and the work is bounded
+/// by the limit rather than by the table (no scan, no count: both would grow with the table).
+/// The count bound keeps the newest `keep_max` insertions; where expired keys were replaced in
+/// between it may keep a few fewer, never more.
+fn sweep_idempotency(
+    tx: &rusqlite::Transaction<'_>,
+    sweep: &marketgov_store::IdempotencySweep,
+) -> Result<(), Error> {
+    let limit = sweep.limit as i64;
+    let removed = tx
+        .prepare_cached(
+            "DELETE FROM idempotency WHERE rowid IN
+             (SELECT rowid FROM idempotency ORDER BY rowid LIMIT ?2) AND created_at_ms < ?1",
+        )
+        .and_then(|mut st| st.execute(params![sweep.before_ms, limit]))
+        .map_err(storage)?;
+    let newest: Option<i64> = tx
+        .query_row("SELECT MAX(rowid) FROM idempotency", [], |r| r.get(0))
+        .map_err(storage)?;
+    let Some(newest) = newest else {
+        return Ok(());
+    };
+    let cut = newest - i64::try_from(sweep.keep_max).unwrap_or(i64::MAX);
+    let room = limit - removed as i64;
+    if cut > 0 && room > 0 {
+        tx.prepare_cached(
+            "DELETE FROM idempotency WHERE rowid IN
+             (SELECT rowid FROM idempotency WHERE rowid <= ?1 ORDER BY rowid LIMIT ?2)",
+        )
+        .and_then(|mut st| st.execute(params![cut, room]))
+        .map_err(storage)?;
+    }
+    Ok(())
 }
