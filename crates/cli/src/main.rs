@@ -66,7 +66,7 @@ enum Command {
         /// Customer and product streams kept in memory, all shards together.
         #[arg(
             long,
-            default_value_t = 100_000,
+            default_value_t = 20_000,
             env = "MARKETGOV_STREAMS_IN_MEMORY_MAX"
         )]
         streams_in_memory_max: usize,
@@ -129,7 +129,7 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         shards: usize,
         /// Streams kept in memory (in process).
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 20_000)]
         streams_in_memory_max: usize,
         /// Print the report as one JSON object.
         #[arg(long)]

@@ -159,7 +159,7 @@ impl EngineOptions {
             data_dir: data_dir.into(),
             shards: 64,
             shard_queue_max: 1024,
-            streams_in_memory_max: 100_000,
+            streams_in_memory_max: 20_000,
             shard_commits_in_flight_max: 64,
             snapshot_every_events: 64,
             idempotency_window_ms: 24 * 3600 * 1000,
