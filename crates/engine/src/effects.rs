@@ -345,7 +345,19 @@ impl App {
                     .await
                     .map(|declined| Outcome::Applied { declined })
             }
-            None => self.sandbox().deliver(customer_id, &effect, &row.body),
+            None => {
+                // The sandbox's ledger syncs to disk per delivery: kept off the async workers,
+                // which would otherwise stall every request for the length of an fsync.
+                let (app, customer, sent, body) = (
+                    self.clone(),
+                    customer_id.to_owned(),
+                    effect.clone(),
+                    row.body.clone(),
+                );
+                tokio::task::spawn_blocking(move || app.sandbox().deliver(&customer, &sent, &body))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("sandbox delivery failed: {e}")))
+            }
         };
         self.inner()
             .limits

@@ -873,7 +873,12 @@ pub async fn background(app: App, manual_clock: bool, tick: Duration) {
 
 /// Serves until SIGTERM or Ctrl-C, then stops accepting, finishes what was accepted, and returns.
 pub async fn serve(state: ServerState, listen: SocketAddr) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    // TCP_NODELAY: a response is written in more than one segment; with Nagle's algorithm the
+    // later ones wait for the client's delayed acknowledgement.
+    let listener =
+        axum::serve::ListenerExt::tap_io(tokio::net::TcpListener::bind(listen).await?, |stream| {
+            let _ = stream.set_nodelay(true);
+        });
     let background = tokio::spawn(background(
         state.app.clone(),
         state.manual_clock,

@@ -52,7 +52,7 @@ pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_m
 
 /// The writer checkpoints itself only if the log reaches this many pages (64 MiB): a backstop
 /// for a checkpointer that falls behind, so the log stays bounded.
-pub const WRITER_CHECKPOINT_BACKSTOP_PAGES: u32 = 16_384;
+pub const WRITER_CHECKPOINT_BACKSTOP_PAGES: u32 = 4_096;
 
 /// Read connections: reads (stream loads, idempotency lookups, queries) from different tasks run
 /// side by side instead of queueing on one connection.

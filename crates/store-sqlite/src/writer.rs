@@ -356,13 +356,27 @@ fn sweep_idempotency(
     sweep: &marketgov_store::IdempotencySweep,
 ) -> Result<(), Error> {
     let limit = sweep.limit as i64;
-    let removed = tx
-        .prepare_cached(
-            "DELETE FROM idempotency WHERE rowid IN
-             (SELECT rowid FROM idempotency ORDER BY rowid LIMIT ?2) AND created_at_ms < ?1",
-        )
-        .and_then(|mut st| st.execute(params![sweep.before_ms, limit]))
+    // Only when the oldest record has expired is there anything to look at (the common case,
+    // run every tick, costs one lookup).
+    let oldest: Option<i64> = tx
+        .prepare_cached("SELECT created_at_ms FROM idempotency ORDER BY rowid LIMIT 1")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
         .map_err(storage)?;
+    let removed = match oldest {
+        Some(at) if at < sweep.before_ms => tx
+            .prepare_cached(
+                "DELETE FROM idempotency WHERE rowid IN
+                 (SELECT rowid FROM idempotency ORDER BY rowid LIMIT ?2) AND created_at_ms < ?1",
+            )
+            .and_then(|mut st| st.execute(params![sweep.before_ms, limit]))
+            .map_err(storage)?,
+        _ => 0,
+    };
     let newest: Option<i64> = tx
         .query_row("SELECT MAX(rowid) FROM idempotency", [], |r| r.get(0))
         .map_err(storage)?;
