@@ -122,8 +122,8 @@ async fn submit(app: &App, line: &str) -> Value {
             "key": key,
             "status": r.status.name(),
             "replayed": r.replayed,
-            "seq": r.body["receipt"]["seq"],
-            "hash": r.body["receipt"]["hash"],
+            "seq": r.body()["receipt"]["seq"],
+            "hash": r.body()["receipt"]["hash"],
         }),
         Err(e) => json!({"key": key, "error": e.to_string()}),
     }

@@ -30,8 +30,9 @@ const VERIFY_PAGE_ENTRIES: usize = 4096;
 pub struct Reply {
     /// How it ended.
     pub status: EventStatus,
-    /// The result as sent on the wire, with its `receipt`.
-    pub body: serde_json::Value,
+    /// The result as sent on the wire, with its `receipt`: one JSON object, serialized once from
+    /// the decision (no intermediate `serde_json::Value`), ready to send.
+    pub json: String,
     /// Whether this is the stored answer to an earlier request with the same key.
     pub replayed: bool,
 }
@@ -48,28 +49,41 @@ pub struct ReceiptView {
 }
 
 impl Reply {
+    /// `result` is the decision's result as a JSON object; the receipt is added to it as a last
+    /// member `receipt`.
     pub(crate) fn new(
         status: EventStatus,
-        mut body: serde_json::Value,
+        result: &str,
         receipt: Option<(u64, Hash, Hash)>,
         replayed: bool,
     ) -> Self {
-        if let (Some((seq, prev, hash)), Some(obj)) = (receipt, body.as_object_mut()) {
-            let view = ReceiptView {
-                seq,
-                hash: to_hex(&hash),
-                prev_hash: to_hex(&prev),
-            };
-            obj.insert(
-                "receipt".into(),
-                serde_json::to_value(view).unwrap_or_default(),
-            );
-        }
+        let json = match (receipt, result.trim_end().strip_suffix('}')) {
+            (Some((seq, prev, hash)), Some(open)) => {
+                let view = ReceiptView {
+                    seq,
+                    hash: to_hex(&hash),
+                    prev_hash: to_hex(&prev),
+                };
+                let receipt = serde_json::to_string(&view).unwrap_or_else(|_| "null".into());
+                let separator = if open.trim_end().ends_with('{') {
+                    ""
+                } else {
+                    ","
+                };
+                format!("{open}{separator}\"receipt\":{receipt}}}")
+            }
+            _ => result.to_owned(),
+        };
         Self {
             status,
-            body,
+            json,
             replayed,
         }
+    }
+
+    /// The result as a JSON value (parsed from [`Reply::json`]).
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::from_str(&self.json).unwrap_or(serde_json::Value::Null)
     }
 }
 
@@ -439,7 +453,7 @@ impl App {
         let result = logged.result;
         let status = logged.status;
         let receipt = Some((entry.seq, entry.prev_hash, entry.hash));
-        Ok(Reply::new(status, result, receipt, true))
+        Ok(Reply::new(status, &result.to_string(), receipt, true))
     }
 
     /// Removes expired idempotency records, and the oldest beyond the bound, at most

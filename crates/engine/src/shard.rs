@@ -92,7 +92,7 @@ struct InFlight {
     next: StreamState,
     ack: oneshot::Receiver<Result<marketgov_store::Receipt, marketgov_store::Error>>,
     status: EventStatus,
-    result_json: serde_json::Value,
+    result_json: Box<serde_json::value::RawValue>,
     reply: oneshot::Sender<Result<Reply, Error>>,
     /// When the shard took the item (for the coordination/compute figure); customer events only.
     started: Option<std::time::Instant>,
@@ -101,19 +101,26 @@ struct InFlight {
     product_of: Option<String>,
 }
 
-/// A decision ready to commit, or the reason none is.
+/// A decision ready to commit: what goes to the store, and what memory and the caller get once
+/// it is durable.
+struct Prepared {
+    stream: String,
+    next: StreamState,
+    commit: Commit,
+    status: EventStatus,
+    result_json: Box<serde_json::value::RawValue>,
+    conflicts: u64,
+}
+
+/// A customer decision ready to commit, or the reason none is.
 #[allow(clippy::large_enum_variant)] // returned once per decision and taken apart at once
 enum Decided {
-    Commit {
-        stream: String,
-        next: StreamState,
-        commit: Commit,
-        status: EventStatus,
-        result_json: serde_json::Value,
-        conflicts: u64,
-    },
+    Commit(Prepared),
     /// The decision panicked: the event is parked for review.
-    Panicked { ctx: EventContext, input: Input },
+    Panicked {
+        ctx: EventContext,
+        input: Input,
+    },
 }
 
 impl Shard {
@@ -222,27 +229,9 @@ impl Shard {
             } => {
                 let started = std::time::Instant::now();
                 match self.decide_customer(&tenant, claim, event) {
-                    Ok(Decided::Commit {
-                        stream,
-                        next,
-                        commit,
-                        status,
-                        result_json,
-                        conflicts,
-                    }) => self.send_commit(
-                        commit,
-                        InFlight {
-                            stream,
-                            next,
-                            ack: closed_ack(),
-                            status,
-                            result_json,
-                            reply,
-                            started: Some(started),
-                            conflicts,
-                            product_of: None,
-                        },
-                    ),
+                    Ok(Decided::Commit(prepared)) => {
+                        self.send_commit(prepared, reply, Some(started), None);
+                    }
                     Ok(Decided::Panicked { ctx, input }) => {
                         let stream = customer_stream(&tenant, input_customer(&input));
                         let error = self.park(&tenant, &stream, &ctx, input).await;
@@ -259,28 +248,7 @@ impl Shard {
                 command,
                 reply,
             } => match self.decide_catalog(&tenant, claim, command) {
-                Ok(Decided::Commit {
-                    stream,
-                    next,
-                    commit,
-                    status,
-                    result_json,
-                    conflicts,
-                }) => self.send_commit(
-                    commit,
-                    InFlight {
-                        stream,
-                        next,
-                        ack: closed_ack(),
-                        status,
-                        result_json,
-                        reply,
-                        started: None,
-                        conflicts,
-                        product_of: Some(tenant),
-                    },
-                ),
-                Ok(Decided::Panicked { .. }) => {} // catalog decisions are not guarded
+                Ok(prepared) => self.send_commit(prepared, reply, None, Some(tenant)),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
@@ -303,15 +271,29 @@ impl Shard {
     }
 
     /// Sends a decision's commit to the store and keeps it in flight; a refused send answers
-    /// the caller at once.
-    fn send_commit(&mut self, commit: Commit, mut flight: InFlight) {
-        match self.inner.store.commit(commit) {
-            Ok(ack) => {
-                flight.ack = ack;
-                self.in_flight.push_back(flight);
-            }
+    /// the caller at once. `started` times customer events; `product_of` names the tenant whose
+    /// catalog learns the product once durable.
+    fn send_commit(
+        &mut self,
+        prepared: Prepared,
+        reply: oneshot::Sender<Result<Reply, Error>>,
+        started: Option<std::time::Instant>,
+        product_of: Option<String>,
+    ) {
+        match self.inner.store.commit(prepared.commit) {
+            Ok(ack) => self.in_flight.push_back(InFlight {
+                stream: prepared.stream,
+                next: prepared.next,
+                ack,
+                status: prepared.status,
+                result_json: prepared.result_json,
+                reply,
+                started,
+                conflicts: prepared.conflicts,
+                product_of,
+            }),
             Err(e) => {
-                let _ = flight.reply.send(Err(e.into()));
+                let _ = reply.send(Err(e.into()));
             }
         }
     }
@@ -359,7 +341,7 @@ impl Shard {
         }
         let _ = done.reply.send(Ok(Reply::new(
             done.status,
-            done.result_json,
+            done.result_json.get(),
             receipt.entries.first().copied(),
             false,
         )));
@@ -428,7 +410,10 @@ impl Shard {
             }
         };
         let next = result.next.take();
-        let result_json = serde_json::to_value(&result).map_err(encode)?;
+        // Serialized once: the same bytes go into the log entry and, with the receipt, the reply.
+        let result_json = serde_json::to_string(&result)
+            .and_then(serde_json::value::RawValue::from_string)
+            .map_err(encode)?;
         let logged = LoggedDecisionRef {
             v: ENCODING_VERSION,
             tenant,
@@ -438,7 +423,7 @@ impl Shard {
             input: &event,
             products: &products,
             status: result.status,
-            result: &result,
+            result: &result_json,
         }
         .encode()?;
         let next_state = StreamState {
@@ -501,14 +486,14 @@ impl Shard {
                     .unwrap_or_default(),
             });
         }
-        Ok(Decided::Commit {
+        Ok(Decided::Commit(Prepared {
             stream,
             next: next_state,
             commit,
             status: result.status,
             result_json,
             conflicts: result.conflicts.len() as u64,
-        })
+        }))
     }
 
     /// Decides a catalog command and builds its commit; nothing is written or changed yet.
@@ -517,13 +502,16 @@ impl Shard {
         tenant: &str,
         claim: Option<KeyClaim>,
         command: CatalogCommand,
-    ) -> Result<Decided, Error> {
+    ) -> Result<Prepared, Error> {
         let stream = product_stream(tenant, command.sku().as_str());
         let ctx = self.inner.context();
         self.state(&stream)?;
         let state = self.cache.get(&stream).ok_or_else(|| vanished(&stream))?;
         let result = decide_catalog(state.product.as_ref(), &command, &ctx)?;
-        let result_json = serde_json::to_value(&result).map_err(encode)?;
+        // Serialized once: the same bytes go into the log entry and, with the receipt, the reply.
+        let result_json = serde_json::to_string(&result)
+            .and_then(serde_json::value::RawValue::from_string)
+            .map_err(encode)?;
         let logged = LoggedDecisionRef {
             v: ENCODING_VERSION,
             tenant,
@@ -533,7 +521,7 @@ impl Shard {
             input: &command,
             products: &[],
             status: result.status,
-            result: &result,
+            result: &result_json,
         }
         .encode()?;
         let next_state = StreamState {
@@ -554,7 +542,7 @@ impl Shard {
                 kind: timer.name().to_owned(),
             });
         }
-        Ok(Decided::Commit {
+        Ok(Prepared {
             stream,
             next: next_state,
             commit,
@@ -770,11 +758,6 @@ async fn next_ack(
         Some(flight) => (&mut flight.ack).await.map_err(|_| ()),
         None => std::future::pending().await,
     }
-}
-
-/// A placeholder acknowledgement, replaced by the store's before the flight is kept.
-fn closed_ack() -> oneshot::Receiver<Result<marketgov_store::Receipt, marketgov_store::Error>> {
-    oneshot::channel().1
 }
 
 fn input_customer(input: &Input) -> &str {

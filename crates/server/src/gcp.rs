@@ -139,7 +139,12 @@ pub(crate) async fn post_gcp(
                     }
                 }
             }
-            let mut response = (StatusCode::OK, axum::Json(reply.body)).into_response();
+            let mut response = (
+                StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                reply.json,
+            )
+                .into_response();
             if reply.replayed {
                 response.headers_mut().insert(
                     "Idempotent-Replayed",

@@ -203,7 +203,12 @@ fn event_status(status: EventStatus) -> StatusCode {
 }
 
 fn reply_response(reply: marketgov_engine::Reply) -> Response {
-    let mut response = (event_status(reply.status), axum::Json(reply.body)).into_response();
+    let mut response = (
+        event_status(reply.status),
+        [(header::CONTENT_TYPE, "application/json")],
+        reply.json,
+    )
+        .into_response();
     if reply.replayed {
         response
             .headers_mut()
@@ -311,7 +316,7 @@ async fn post_events_batch(
             }
             .await;
             match outcome {
-                Ok(reply) => json!({"idempotency_key": key, "http_status": event_status(reply.status).as_u16(), "replayed": reply.replayed, "body": reply.body}),
+                Ok(reply) => json!({"idempotency_key": key, "http_status": event_status(reply.status).as_u16(), "replayed": reply.replayed, "body": reply.body()}),
                 Err(p) => json!({"idempotency_key": key, "http_status": p.status.as_u16(), "body": {
                     "type": format!("{PROBLEM_BASE}{}", p.code), "status": p.status.as_u16(), "detail": p.detail}}),
             }
@@ -474,13 +479,14 @@ async fn put_product(
         reply = state.app.submit_catalog(&who.tenant, None, publish).await?;
     }
     if reply.status == EventStatus::Rejected {
-        let rejection = &reply.body["governor"]["rejection"];
+        let body = reply.body();
+        let rejection = &body["governor"]["rejection"];
         let code = if rejection["code"] == "concurrent_update" {
             "concurrent_update"
         } else {
             "product_rejected"
         };
-        let detail = reply.body["governor"]["message"]
+        let detail = body["governor"]["message"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
@@ -663,7 +669,7 @@ async fn resolve_review(
         .await
     {
         Ok(reply) => Ok(axum::Json(
-            json!({"id": id, "resolved": action, "result": reply.map(|r| r.body)}),
+            json!({"id": id, "resolved": action, "result": reply.map(|r| r.body())}),
         )
         .into_response()),
         Err(marketgov_engine::Error::Replay { detail, .. }) => Err(Problem::new(

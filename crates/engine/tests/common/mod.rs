@@ -29,7 +29,7 @@ pub async fn publish(app: &App, tenant: &str, sku: &str, price: i64, requires_ap
         "currency": "USD", "billing_period_days": 30, "requires_approval": requires_approval}),
     );
     let r = app.submit_catalog(tenant, None, submitted).await.unwrap();
-    assert_eq!(r.status, EventStatus::Completed, "{:?}", r.body);
+    assert_eq!(r.status, EventStatus::Completed, "{:?}", r.body());
     let r = app
         .submit_catalog(
             tenant,
@@ -38,7 +38,7 @@ pub async fn publish(app: &App, tenant: &str, sku: &str, price: i64, requires_ap
         )
         .await
         .unwrap();
-    assert_eq!(r.status, EventStatus::Completed, "{:?}", r.body);
+    assert_eq!(r.status, EventStatus::Completed, "{:?}", r.body());
 }
 
 /// `customer` subscribes to `sku`.
