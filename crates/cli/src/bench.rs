@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
+use marketgov_core::ids::{CustomerId, PaymentId, Resource, Sku, SubscriptionId};
+use marketgov_core::money::Currency;
 use marketgov_core::orchestrator::EventStatus;
-use marketgov_core::Input;
+use marketgov_core::{CustomerEvent, EventKind, Input, InputError};
 use marketgov_engine::{App, EngineOptions, ManualClock};
 use serde_json::{json, Value};
 
@@ -50,7 +52,7 @@ const TENANT: &str = "bench";
 
 /// One step of a customer's script and the statuses it may answer.
 struct Step {
-    event: Value,
+    event: CustomerEvent,
     allowed: &'static [EventStatus],
     /// Sent with the previous step's idempotency key: must be answered as a replay of it.
     replays_previous: bool,
@@ -65,50 +67,76 @@ fn rng(seed: u64, customer: usize) -> u64 {
 
 /// `connectors_live`: a server's connectors run beside the workload (over HTTP), so the sandbox
 /// may settle the renewal invoice before the failed payment arrives, which then refuses it.
-fn script(seed: u64, c: &str, i: usize, connectors_live: bool) -> Vec<Step> {
+fn script(seed: u64, c: &str, i: usize, connectors_live: bool) -> Result<Vec<Step>, InputError> {
     use EventStatus as S;
     let r = rng(seed, i);
     let ok: &'static [EventStatus] = &[S::Completed];
-    let step = |event: Value, allowed: &'static [EventStatus]| Step {
-        event,
+    let id = CustomerId::new(c)?;
+    let usd = Currency::new("USD")?;
+    let (basic, pro) = (Sku::new("basic")?, Sku::new("pro")?);
+    // Built typed, as an in-process caller would; sent over HTTP as their JSON.
+    let step = |kind: EventKind, allowed: &'static [EventStatus]| Step {
+        event: CustomerEvent {
+            customer_id: id.clone(),
+            occurred_at: None,
+            kind,
+        },
         allowed,
         replays_previous: false,
     };
-    let payment = json!({"type": "payment_processed", "customer_id": c, "amount": 1000, "currency": "USD", "payment_id": format!("{c}-p1")});
+    let payment = |amount: i64, n: &str| -> Result<EventKind, InputError> {
+        Ok(EventKind::PaymentProcessed {
+            amount,
+            currency: usd.clone(),
+            payment_id: PaymentId::new(format!("{c}-{n}"))?,
+        })
+    };
     let mut steps = vec![
         step(
-            json!({"type": "customer_subscribes", "customer_id": c, "sku": "basic"}),
+            EventKind::CustomerSubscribes {
+                sku: basic.clone(),
+                marketplace: None,
+            },
             ok,
         ),
-        step(payment.clone(), ok),
+        step(payment(1000, "p1")?, ok),
         // The client retries the same request (same key): the stored answer, marked a replay.
         Step {
-            event: payment.clone(),
-            allowed: ok,
             replays_previous: true,
+            ..step(payment(1000, "p1")?, ok)
         },
         // The processor delivers the same payment again (a new request): absorbed, no change.
-        step(payment, ok),
+        step(payment(1000, "p1")?, ok),
         step(
-            json!({"type": "usage_exceeds_quota", "customer_id": c, "resource": "api", "current_usage": r % 1600, "limit": 1000}),
+            EventKind::UsageExceedsQuota {
+                resource: Resource::new("api")?,
+                current_usage: r % 1600,
+                limit: 1000,
+            },
             &[S::Completed, S::ConflictResolved],
         ),
         step(
-            json!({"type": "customer_upgrades", "customer_id": c, "old_sku": "basic", "new_sku": "pro"}),
+            EventKind::CustomerUpgrades {
+                old_sku: basic,
+                new_sku: pro,
+            },
             ok,
         ),
+        step(payment(2000, "p2")?, ok),
         step(
-            json!({"type": "payment_processed", "customer_id": c, "amount": 2000, "currency": "USD", "payment_id": format!("{c}-p2")}),
-            ok,
-        ),
-        step(
-            json!({"type": "renewal_due", "customer_id": c, "subscription_id": "sub-1"}),
+            EventKind::RenewalDue {
+                subscription_id: SubscriptionId::new("sub-1")?,
+            },
             ok,
         ),
     ];
     if r.is_multiple_of(10) {
         steps.push(step(
-            json!({"type": "payment_failed", "customer_id": c, "reason": "card_declined", "payment_id": format!("{c}-f1")}),
+            EventKind::PaymentFailed {
+                reason: "card_declined".into(),
+                payment_id: PaymentId::new(format!("{c}-f1"))?,
+                hard_decline: false,
+            },
             if connectors_live {
                 &[S::Completed, S::Rejected]
             } else {
@@ -117,10 +145,13 @@ fn script(seed: u64, c: &str, i: usize, connectors_live: bool) -> Vec<Step> {
         ));
     }
     steps.push(step(
-        json!({"type": "customer_cancels", "customer_id": c}),
+        EventKind::CustomerCancels {
+            reason: None,
+            at_period_end: false,
+        },
         ok,
     ));
-    steps
+    Ok(steps)
 }
 
 /// Latencies in microseconds, in buckets of 1/128 relative width (exact below 256 µs): a fixed,
@@ -284,7 +315,7 @@ impl HttpTarget {
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
-        body: Option<&Value>,
+        body: Option<Bytes>,
     ) -> Result<(u16, bool, Value), String> {
         let mut builder = hyper::Request::builder()
             .method(method)
@@ -295,9 +326,9 @@ impl HttpTarget {
             builder = builder.header(*name, *value);
         }
         let bytes = match body {
-            Some(v) => {
+            Some(json) => {
                 builder = builder.header("content-type", "application/json");
-                Bytes::from(v.to_string())
+                json
             }
             None => Bytes::new(),
         };
@@ -335,26 +366,20 @@ impl Client {
         &self,
         conn: &mut Option<Connection>,
         key: &str,
-        event: &Value,
+        event: &CustomerEvent,
     ) -> Result<Answer, String> {
         match self {
-            Client::InProc(app) => {
-                let event = match Input::from_value(event.clone()) {
-                    Ok(Input::Customer(e)) => e,
-                    _ => return Err("bench_built_an_invalid_event".into()),
-                };
-                match app.submit_event(TENANT, Some(key), event).await {
-                    Ok(reply) => Ok(Answer {
-                        status: reply.status,
-                        replayed: reply.replayed,
-                    }),
-                    Err(e) => Err(format!("{e:?}")
-                        .split(['(', ' ', '{'])
-                        .next()
-                        .unwrap_or("error")
-                        .to_owned()),
-                }
-            }
+            Client::InProc(app) => match app.submit_event(TENANT, Some(key), event.clone()).await {
+                Ok(reply) => Ok(Answer {
+                    status: reply.status,
+                    replayed: reply.replayed,
+                }),
+                Err(e) => Err(format!("{e:?}")
+                    .split(['(', ' ', '{'])
+                    .next()
+                    .unwrap_or("error")
+                    .to_owned()),
+            },
             Client::Http(target) => {
                 if conn.is_none() {
                     *conn = Some(target.connect().await?);
@@ -362,13 +387,14 @@ impl Client {
                 let Some(c) = conn.as_mut() else {
                     return Err("connection".into());
                 };
+                let json = serde_json::to_vec(event).map_err(|e| e.to_string())?;
                 let answer = target
                     .request(
                         c,
                         "POST",
                         "/v1/events",
                         &[("idempotency-key", key)],
-                        Some(event),
+                        Some(Bytes::from(json)),
                     )
                     .await;
                 let (code, replayed, body) = match answer {
@@ -437,7 +463,13 @@ impl Client {
                         "billing_period_days": 30, "quotas": {"api": 1000}, "publish": true});
                     let path = format!("/v1/products/{sku}");
                     let (code, _, answer) = target
-                        .request(&mut conn, "PUT", &path, &[], Some(&body))
+                        .request(
+                            &mut conn,
+                            "PUT",
+                            &path,
+                            &[],
+                            Some(Bytes::from(body.to_string())),
+                        )
                         .await
                         .map_err(anyhow::Error::msg)?;
                     // 409: already on sale at this price from an earlier run.
@@ -527,8 +559,8 @@ async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
         ),
     };
     let total_events: usize = (0..settings.customers)
-        .map(|i| script(settings.seed, "c", i, false).len())
-        .sum();
+        .map(|i| script(settings.seed, "c", i, false).map(|s| s.len()))
+        .sum::<Result<usize, _>>()?;
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Histogram::new()));
@@ -586,7 +618,13 @@ async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
                 }
                 let customer = format!("{prefix}-{i}");
                 let mut previous: Option<(String, EventStatus)> = None;
-                for (n, step) in script(seed, &customer, i, live).into_iter().enumerate() {
+                let Ok(steps) = script(seed, &customer, i, live) else {
+                    *wrong
+                        .entry("bench_built_an_invalid_event".into())
+                        .or_default() += 1;
+                    continue;
+                };
+                for (n, step) in steps.into_iter().enumerate() {
                     let key = match (&previous, step.replays_previous) {
                         (Some((key, _)), true) => key.clone(),
                         _ => format!("{customer}-{n}"),
