@@ -553,3 +553,31 @@ fn fingerprint(operation: &str, input: &Input) -> Result<[u8; 32], Error> {
     h.update(&bytes);
     Ok(h.finalize().into())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::Reply;
+    use marketgov_core::orchestrator::EventStatus;
+
+    #[test]
+    fn the_receipt_is_added_to_the_result_object_as_valid_json() {
+        let receipt = Some((7, [1u8; 32], [2u8; 32]));
+        for result in [r#"{"status":"completed","effects":[]}"#, "{}", "{ }\n"] {
+            let reply = Reply::new(EventStatus::Completed, result, receipt, false);
+            let body: serde_json::Value = serde_json::from_str(&reply.json).unwrap();
+            assert_eq!(body["receipt"]["seq"], 7, "{}", reply.json);
+            assert_eq!(body["receipt"]["hash"], "02".repeat(32));
+            assert_eq!(body["receipt"]["prev_hash"], "01".repeat(32));
+            let mut without = body.clone();
+            without.as_object_mut().unwrap().remove("receipt");
+            assert_eq!(
+                without,
+                serde_json::from_str::<serde_json::Value>(result).unwrap()
+            );
+        }
+        let plain = Reply::new(EventStatus::Completed, r#"{"a":1}"#, None, true);
+        assert_eq!(plain.json, r#"{"a":1}"#);
+        assert_eq!(plain.body()["a"], 1);
+    }
+}

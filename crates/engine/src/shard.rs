@@ -83,6 +83,9 @@ pub(crate) struct Shard {
     /// Work for streams with a commit in flight, in arrival order: it is decided once that
     /// commit is acknowledged, on the state it made.
     waiting: HashMap<String, VecDeque<Work>>,
+    /// Items in `waiting`, all streams together: bounded by `shard_queue_max` like the mailbox,
+    /// so a flood for one stream is refused at the mailbox instead of piling up here.
+    waiting_len: usize,
 }
 
 /// A decision whose commit is on its way to the disk: memory changes and the caller is
@@ -137,6 +140,7 @@ impl Shard {
                 loaded: VecDeque::new(),
                 in_flight: VecDeque::new(),
                 waiting: HashMap::new(),
+                waiting_len: 0,
             };
             let run = tokio::spawn(shard.run(rx.clone()));
             match run.await {
@@ -157,9 +161,11 @@ impl Shard {
     async fn run(mut self, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Work>>>) {
         let mut rx = rx.lock().await;
         let in_flight_max = self.inner.options.shard_commits_in_flight_max.max(1);
+        let waiting_max = self.inner.options.shard_queue_max.max(1);
         let mut open = true;
         while open || !self.in_flight.is_empty() {
-            let accepting = open && self.in_flight.len() < in_flight_max;
+            let accepting =
+                open && self.in_flight.len() < in_flight_max && self.waiting_len < waiting_max;
             tokio::select! {
                 biased;
                 acked = next_ack(&mut self.in_flight) => {
@@ -195,6 +201,7 @@ impl Shard {
         if let Some(stream) = stream {
             if self.in_flight.iter().any(|f| f.stream == stream) {
                 self.waiting.entry(stream).or_default().push_back(work);
+                self.waiting_len += 1;
                 return;
             }
         }
@@ -212,6 +219,7 @@ impl Shard {
                 self.waiting.remove(stream);
                 return;
             };
+            self.waiting_len = self.waiting_len.saturating_sub(1);
             if queue.is_empty() {
                 self.waiting.remove(stream);
             }
