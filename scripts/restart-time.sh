@@ -14,8 +14,12 @@ start=$(date +%s.%N)
 "$BIN" serve --data-dir "$DIR" --listen "127.0.0.1:$PORT" --clock manual \
   --clock-start 2026-01-01T00:00:00Z >/dev/null 2>&1 &
 pid=$!
-trap 'kill -TERM $pid 2>/dev/null || true' EXIT
-until curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz"; do sleep 0.01; done
+# Stop the server and wait for it, so the next run finds the data directory free.
+trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
+until curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz"; do
+  kill -0 $pid 2>/dev/null || { echo "the server exited before it was ready" >&2; exit 1; }
+  sleep 0.01
+done
 ready=$(date +%s.%N)
 curl -sf -o /dev/null -H "Authorization: Bearer $TENANT_KEY" "http://127.0.0.1:$PORT/v1/customers/$CUSTOMER"
 first=$(date +%s.%N)
