@@ -238,18 +238,6 @@ impl Histogram {
     }
 }
 
-fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
-}
-
 /// How an event was answered.
 struct Answer {
     status: EventStatus,
@@ -720,10 +708,8 @@ fn report(
     let batches = delta(&["commit_batches"]).max(1);
     let decide = delta(&["timing_nanos", "decide"]);
     let handle = delta(&["timing_nanos", "handle"]);
-    let peak = match client {
-        Client::InProc(_) => peak_rss_bytes(),
-        Client::Http(_) => n(after, &["memory", "peak_resident_bytes"]),
-    };
+    // The engine's process: this one in process, the server's over HTTP.
+    let peak = n(after, &["memory", "peak_resident_bytes"]);
     let (mode, target) = match client {
         Client::InProc(_) => ("inproc", Value::Null),
         Client::Http(t) => ("http", json!(format!("http://{}", t.authority))),

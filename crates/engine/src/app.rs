@@ -298,6 +298,7 @@ impl App {
             &stream,
             Work::Customer {
                 tenant: tenant.to_owned(),
+                stream: stream.clone(),
                 claim,
                 event,
                 reply: tx,
@@ -327,6 +328,7 @@ impl App {
             &stream,
             Work::Catalog {
                 tenant: tenant.to_owned(),
+                stream: stream.clone(),
                 claim,
                 command,
                 reply: tx,

@@ -254,6 +254,7 @@ impl App {
     /// The seed's statistics (SPEC 3.2): state, governors, events, pending work.
     pub fn stats(&self) -> Result<Value, Error> {
         let s = self.store().stats()?;
+        let (decide_nanos, handle_nanos) = self.timing_nanos();
         Ok(json!({
             "state": if self.store().stopped().is_some() { "error_detected" } else { "idle" },
             "governors_healthy": 8,
@@ -268,10 +269,10 @@ impl App {
             "errors": self.inner().refused.load(std::sync::atomic::Ordering::Relaxed),
             "counted_since": "start of this process (conflicts, errors)",
             "shard_restarts": self.shard_restarts(),
-            "store_bytes": self.store_bytes(),
+            "store_bytes": self.store().bytes_on_disk(),
             "timing_nanos": {
-                "decide": self.timing_nanos().0,
-                "handle": self.timing_nanos().1,
+                "decide": decide_nanos,
+                "handle": handle_nanos,
                 "meaning": "summed over customer events since start: time in the pure decision, and from a shard taking the event to its answer"
             },
             "memory": process_memory(),
@@ -294,15 +295,6 @@ fn process_memory() -> Value {
 }
 
 impl App {
-    /// The embedded store's size on disk: the database file and its write-ahead log, in bytes.
-    pub fn store_bytes(&self) -> u64 {
-        ["marketgov.db", "marketgov.db-wal"]
-            .iter()
-            .filter_map(|f| std::fs::metadata(self.inner().options.data_dir.join(f)).ok())
-            .map(|m| m.len())
-            .sum()
-    }
-
     /// Parks an input for an operator (or for a later automatic retry): a review item holding
     /// the input, the reason and `extra` fields. Answers the item's id.
     pub async fn park_input(

@@ -39,12 +39,16 @@ pub(crate) struct KeyClaim {
 pub(crate) enum Work {
     Customer {
         tenant: String,
+        /// The customer's stream (`customer_stream`), as routed.
+        stream: String,
         claim: Option<KeyClaim>,
         event: CustomerEvent,
         reply: oneshot::Sender<Result<Reply, Error>>,
     },
     Catalog {
         tenant: String,
+        /// The product's stream (`product_stream`), as routed.
+        stream: String,
         claim: Option<KeyClaim>,
         command: CatalogCommand,
         reply: oneshot::Sender<Result<Reply, Error>>,
@@ -69,6 +73,17 @@ impl Work {
             Work::Catalog { command, .. } => command.sku().as_str(),
             Work::Read { stream, .. } => stream,
             Work::Agent { envelope, .. } => &envelope.source_agent,
+        }
+    }
+
+    /// The stream whose state the item reads or changes in this shard (agent work keeps its
+    /// own optimistic versions and has none).
+    fn owned_stream(&self) -> Option<&str> {
+        match self {
+            Work::Customer { stream, .. }
+            | Work::Catalog { stream, .. }
+            | Work::Read { stream, .. } => Some(stream),
+            Work::Agent { .. } => None,
         }
     }
 }
@@ -188,19 +203,12 @@ impl Shard {
         if let Some(hook) = &self.inner.options.work_hook {
             hook(work.stream());
         }
-        let stream = match &work {
-            Work::Customer { tenant, event, .. } => {
-                Some(customer_stream(tenant, event.customer_id.as_str()))
-            }
-            Work::Catalog {
-                tenant, command, ..
-            } => Some(product_stream(tenant, command.sku().as_str())),
-            Work::Read { stream, .. } => Some(stream.clone()),
-            Work::Agent { .. } => None,
-        };
-        if let Some(stream) = stream {
+        if let Some(stream) = work.owned_stream() {
             if self.in_flight.iter().any(|f| f.stream == stream) {
-                self.waiting.entry(stream).or_default().push_back(work);
+                self.waiting
+                    .entry(stream.to_owned())
+                    .or_default()
+                    .push_back(work);
                 self.waiting_len += 1;
                 return;
             }
@@ -231,17 +239,17 @@ impl Shard {
         match work {
             Work::Customer {
                 tenant,
+                stream,
                 claim,
                 event,
                 reply,
             } => {
                 let started = std::time::Instant::now();
-                match self.decide_customer(&tenant, claim, event) {
+                match self.decide_customer(&tenant, stream.clone(), claim, event) {
                     Ok(Decided::Commit(prepared)) => {
                         self.send_commit(prepared, reply, Some(started), None);
                     }
                     Ok(Decided::Panicked { ctx, input }) => {
-                        let stream = customer_stream(&tenant, input_customer(&input));
                         let error = self.park(&tenant, &stream, &ctx, input).await;
                         let _ = reply.send(Err(error));
                     }
@@ -252,10 +260,11 @@ impl Shard {
             }
             Work::Catalog {
                 tenant,
+                stream,
                 claim,
                 command,
                 reply,
-            } => match self.decide_catalog(&tenant, claim, command) {
+            } => match self.decide_catalog(&tenant, stream, claim, command) {
                 Ok(prepared) => self.send_commit(prepared, reply, None, Some(tenant)),
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -382,10 +391,10 @@ impl Shard {
     fn decide_customer(
         &mut self,
         tenant: &str,
+        stream: String,
         claim: Option<KeyClaim>,
         event: CustomerEvent,
     ) -> Result<Decided, Error> {
-        let stream = customer_stream(tenant, event.customer_id.as_str());
         let products = self.products_for(tenant, &event)?;
         let ctx = self.inner.context();
         let catalog: BTreeMap<Sku, Product> = products
@@ -508,10 +517,10 @@ impl Shard {
     fn decide_catalog(
         &mut self,
         tenant: &str,
+        stream: String,
         claim: Option<KeyClaim>,
         command: CatalogCommand,
     ) -> Result<Prepared, Error> {
-        let stream = product_stream(tenant, command.sku().as_str());
         let ctx = self.inner.context();
         self.state(&stream)?;
         let state = self.cache.get(&stream).ok_or_else(|| vanished(&stream))?;
@@ -765,13 +774,6 @@ async fn next_ack(
     match in_flight.front_mut() {
         Some(flight) => (&mut flight.ack).await.map_err(|_| ()),
         None => std::future::pending().await,
-    }
-}
-
-fn input_customer(input: &Input) -> &str {
-    match input {
-        Input::Customer(e) => e.customer_id.as_str(),
-        Input::Catalog(c) => c.sku().as_str(),
     }
 }
 

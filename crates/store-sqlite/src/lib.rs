@@ -273,6 +273,17 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The store's size on disk: the database file and its write-ahead log, in bytes.
+    pub fn bytes_on_disk(&self) -> u64 {
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        [self.path.as_os_str(), wal.as_os_str()]
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// The last audit sequence number written.
     pub fn head_seq(&self) -> u64 {
         self.shared.head_seq.load(Ordering::Relaxed)
