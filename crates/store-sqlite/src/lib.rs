@@ -46,11 +46,17 @@ pub enum Sync {
     Off,
 }
 
+/// The page size of a new database, in bytes (an existing database keeps the size it was created
+/// with). Twice SQLite's default: a log entry (about 1.3 KiB of JSON) and the index entries a
+/// commit adds spread over fewer pages, so a batch writes fewer WAL frames; in the bench this cost
+/// about 10 % less CPU per event than 4 KiB pages (16 KiB was no better and wrote more bytes).
+pub const PAGE_SIZE_BYTES: u32 = 8_192;
+
 /// The writer checkpoints (copies the WAL into the database file) when the WAL reaches this many
 /// pages (16 MiB), between batches. Fewer, larger checkpoints than SQLite's default of 1,000 pages.
 /// (A background checkpointer thread was measured and removed: its checkpoints and their syncs
 /// stalled commits by 100-400 ms even at light load.)
-pub const WRITER_CHECKPOINT_PAGES: u32 = 4_096;
+pub const WRITER_CHECKPOINT_PAGES: u32 = (16 << 20) / PAGE_SIZE_BYTES;
 
 /// Read connections: reads (stream loads, idempotency lookups, queries) from different tasks run
 /// side by side instead of queueing on one connection.
@@ -215,7 +221,7 @@ impl SqliteStore {
             Sync::Off => "OFF",
         };
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;
+            "PRAGMA page_size = {PAGE_SIZE_BYTES}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;
              PRAGMA cache_size = -{WRITER_PAGE_CACHE_KIB}; PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES};"
         ))
         .map_err(storage)?;

@@ -506,3 +506,42 @@ fn a_store_from_a_newer_release_is_refused() {
         Err(Error::SchemaTooNew { found: 99, .. })
     ));
 }
+
+fn page_size(dir: &std::path::Path) -> u32 {
+    let conn = rusqlite::Connection::open(dir.join("marketgov.db")).unwrap();
+    conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_new_store_takes_the_configured_page_size_and_an_older_file_keeps_its_own() {
+    let fresh = tempfile::tempdir().unwrap();
+    drop(open(fresh.path()));
+    assert_eq!(
+        page_size(fresh.path()),
+        marketgov_store_sqlite::PAGE_SIZE_BYTES
+    );
+
+    // A database file created with SQLite's default page size (as earlier releases did).
+    let older = tempfile::tempdir().unwrap();
+    {
+        let conn = rusqlite::Connection::open(older.path().join("marketgov.db")).unwrap();
+        conn.execute_batch(
+            "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; PRAGMA application_id = 7;",
+        )
+        .unwrap();
+    }
+    {
+        let store = open(older.path());
+        wait(
+            store
+                .commit(commit_events(vec![event("customer:t/c1", 1, "{\"n\":1}")]))
+                .unwrap(),
+        )
+        .unwrap();
+    }
+    assert_eq!(page_size(older.path()), 4096);
+    let store = open(older.path());
+    let history = store.stream_history("customer:t/c1", 0, 10).unwrap();
+    assert_eq!(history.len(), 1);
+}
