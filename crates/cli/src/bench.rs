@@ -732,6 +732,7 @@ fn report(
         "store_bytes_per_event": n(after, &["store_bytes"]) as f64 / n(after, &["events_processed"]).max(1) as f64,
         "commit_batch_size_mean": commits as f64 / batches as f64,
         "coordination_compute_ratio": handle.saturating_sub(decide) as f64 / decide.max(1) as f64,
+        "idempotency_reads_saved": delta(&["known_keys", "reads_saved"]),
     })
 }
 

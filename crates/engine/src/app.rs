@@ -114,6 +114,8 @@ pub(crate) struct Inner {
     pub effects_running: tokio::sync::Mutex<()>,
     /// One timer round at a time per process.
     pub timers_running: tokio::sync::Mutex<()>,
+    /// The idempotency keys the store holds, so a new key needs no read.
+    pub known_keys: Arc<crate::known_keys::KnownKeys>,
 }
 
 impl Inner {
@@ -191,6 +193,9 @@ impl App {
         getrandom::getrandom(&mut nonce)
             .map_err(|e| Error::Setup(format!("no random source: {e}")))?;
         let sandbox = crate::Sandbox::open(&options.data_dir)?;
+        // Created before any request can claim a key: see known_keys.rs for why that is exact.
+        let known_keys = Arc::new(crate::known_keys::KnownKeys::new());
+        known_keys.load_from(&store, crate::known_keys::SCAN_PAGE_KEYS);
         let inner = Arc::new(Inner {
             store,
             sandbox,
@@ -209,6 +214,7 @@ impl App {
             refused: std::sync::atomic::AtomicU64::new(0),
             effects_running: tokio::sync::Mutex::new(()),
             timers_running: tokio::sync::Mutex::new(()),
+            known_keys,
         });
         let mut shards = Vec::with_capacity(options.shards.max(1));
         for _ in 0..options.shards.max(1) {
@@ -236,6 +242,11 @@ impl App {
             self.inner.decide_nanos.load(Relaxed),
             self.inner.handle_nanos.load(Relaxed),
         )
+    }
+
+    /// The in-memory filter of stored idempotency keys.
+    pub fn known_keys(&self) -> crate::KnownKeysStats {
+        self.inner.known_keys.stats()
     }
 
     /// Shards restarted by their supervisor after a panic, since start.
@@ -387,7 +398,12 @@ impl App {
         };
         let now_ms = self.inner.options.clock.now().as_millisecond();
         let mut replaces_expired = false;
-        if let Some(record) = self.inner.store.idempotency(tenant, key)? {
+        let stored = if self.inner.known_keys.may_contain(tenant, key) {
+            self.inner.store.idempotency(tenant, key)?
+        } else {
+            None
+        };
+        if let Some(record) = stored {
             if now_ms - record.created_at_ms >= self.inner.options.idempotency_window_ms {
                 replaces_expired = true;
             } else if record.operation != operation || record.fingerprint != fingerprint {
@@ -398,6 +414,8 @@ impl App {
                 return Ok(Claim::Seen(record.response));
             }
         }
+        // Known from here on, before its record can be committed.
+        self.inner.known_keys.insert(tenant, key);
         Ok(Claim::New(
             KeyClaim {
                 tenant: tenant.to_owned(),

@@ -409,6 +409,39 @@ impl Store for SqliteStore {
         Ok(StreamLoad { snapshot, events })
     }
 
+    fn idempotency_keys(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<(String, String)>, u64), Error> {
+        let conn = self.reader()?;
+        let mut st = conn
+            .prepare_cached(
+                "SELECT rowid, tenant, key FROM idempotency WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+            )
+            .map_err(storage)?;
+        let rows = st
+            .query_map(
+                params![i64::try_from(after).unwrap_or(i64::MAX), limit as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )
+            .map_err(storage)?;
+        let mut keys = Vec::new();
+        let mut last = after;
+        for row in rows {
+            let (rowid, tenant, key) = row.map_err(storage)?;
+            last = u64::try_from(rowid).unwrap_or(last);
+            keys.push((tenant, key));
+        }
+        Ok((keys, last))
+    }
+
     fn idempotency(&self, tenant: &str, key: &str) -> Result<Option<IdempotencyRecord>, Error> {
         let conn = self.reader()?;
         let row = conn
