@@ -733,6 +733,7 @@ fn report(
         "commit_batch_size_mean": commits as f64 / batches as f64,
         "coordination_compute_ratio": handle.saturating_sub(decide) as f64 / decide.max(1) as f64,
         "idempotency_reads_saved": delta(&["known_keys", "reads_saved"]),
+        "stream_reads_saved": delta(&["known_streams", "reads_saved"]),
     })
 }
 

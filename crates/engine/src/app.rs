@@ -116,6 +116,8 @@ pub(crate) struct Inner {
     pub timers_running: tokio::sync::Mutex<()>,
     /// The idempotency keys the store holds, so a new key needs no read.
     pub known_keys: Arc<crate::known_keys::KnownKeys>,
+    /// The customer streams the store holds (as `("", stream)`), so a new customer needs no read.
+    pub known_streams: Arc<crate::known_keys::KnownKeys>,
 }
 
 impl Inner {
@@ -195,7 +197,26 @@ impl App {
         let sandbox = crate::Sandbox::open(&options.data_dir)?;
         // Created before any request can claim a key: see known_keys.rs for why that is exact.
         let known_keys = Arc::new(crate::known_keys::KnownKeys::new());
-        known_keys.load_from(&store, crate::known_keys::SCAN_PAGE_KEYS);
+        known_keys.load_from(
+            &store,
+            0,
+            crate::known_keys::SCAN_PAGE_KEYS,
+            |s: &SqliteStore, after, limit| s.idempotency_keys(*after, limit),
+        );
+        let known_streams = Arc::new(crate::known_keys::KnownKeys::new());
+        known_streams.load_from(
+            &store,
+            String::new(),
+            crate::known_keys::SCAN_PAGE_KEYS,
+            |s: &SqliteStore, after: &String, limit| {
+                let names = s.streams(crate::shard::CUSTOMER_STREAM_PREFIX, after, limit)?;
+                let next = names.last().cloned().unwrap_or_else(|| after.clone());
+                Ok((
+                    names.into_iter().map(|n| (String::new(), n)).collect(),
+                    next,
+                ))
+            },
+        );
         let inner = Arc::new(Inner {
             store,
             sandbox,
@@ -215,6 +236,7 @@ impl App {
             effects_running: tokio::sync::Mutex::new(()),
             timers_running: tokio::sync::Mutex::new(()),
             known_keys,
+            known_streams,
         });
         let mut shards = Vec::with_capacity(options.shards.max(1));
         for _ in 0..options.shards.max(1) {
@@ -244,9 +266,12 @@ impl App {
         )
     }
 
-    /// The in-memory filter of stored idempotency keys.
-    pub fn known_keys(&self) -> crate::KnownKeysStats {
-        self.inner.known_keys.stats()
+    /// The in-memory filters of stored idempotency keys and of stored customer streams.
+    pub fn known_keys(&self) -> (crate::KnownKeysStats, crate::KnownKeysStats) {
+        (
+            self.inner.known_keys.stats(),
+            self.inner.known_streams.stats(),
+        )
     }
 
     /// Shards restarted by their supervisor after a panic, since start.

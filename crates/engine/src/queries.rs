@@ -255,7 +255,7 @@ impl App {
     pub fn stats(&self) -> Result<Value, Error> {
         let s = self.store().stats()?;
         let (decide_nanos, handle_nanos) = self.timing_nanos();
-        let known = self.known_keys();
+        let (keys, streams) = self.known_keys();
         Ok(json!({
             "state": if self.store().stopped().is_some() { "error_detected" } else { "idle" },
             "governors_healthy": 8,
@@ -277,16 +277,21 @@ impl App {
                 "meaning": "summed over customer events since start: time in the pure decision, and from a shard taking the event to its answer"
             },
             "memory": process_memory(),
-            "known_keys": {
-                "loaded": known.loaded,
-                "stages": known.stages,
-                "bytes": known.bytes,
-                "keys": known.keys,
-                "reads_saved": known.reads_saved,
-                "meaning": "in-memory filter of stored idempotency keys: a new key needs no read once loaded"
-            },
+            "known_keys": known_json(&keys, "in-memory filter of stored idempotency keys: a new key needs no read once loaded"),
+            "known_streams": known_json(&streams, "in-memory filter of stored customer streams: a new customer needs no read once loaded"),
         }))
     }
+}
+
+fn known_json(k: &crate::KnownKeysStats, meaning: &str) -> Value {
+    json!({
+        "loaded": k.loaded,
+        "stages": k.stages,
+        "bytes": k.bytes,
+        "keys": k.keys,
+        "reads_saved": k.reads_saved,
+        "meaning": meaning,
+    })
 }
 
 /// This process's resident memory and its peak, in bytes (Linux; absent elsewhere).

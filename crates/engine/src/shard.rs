@@ -16,7 +16,8 @@ use marketgov_core::orchestrator::{decide_catalog, decide_event, EventContext, E
 use marketgov_core::timers::TimerCommand;
 use marketgov_core::{CatalogCommand, Customer, CustomerEvent, EventKind, Input};
 use marketgov_store::{
-    Commit, EventWrite, IdempotencyRecord, OutboxWrite, Snapshot, Store, TimerWrite, VersionedWrite,
+    Commit, EventWrite, IdempotencyRecord, OutboxWrite, Snapshot, Store, StreamLoad, TimerWrite,
+    VersionedWrite,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -366,7 +367,19 @@ impl Shard {
 
     fn state(&mut self, stream: &str) -> Result<&StreamState, Error> {
         if !self.cache.contains_key(stream) {
-            let load = self.inner.store.load_stream(stream)?;
+            // Customer streams are written only here, by their shard: a name the filter has
+            // certainly never seen has nothing stored, and needs no read (see known_keys.rs).
+            let customer = stream.starts_with(CUSTOMER_STREAM_PREFIX);
+            let maybe_stored = !customer || self.inner.known_streams.may_contain("", stream);
+            let load = if maybe_stored {
+                self.inner.store.load_stream(stream)?
+            } else {
+                StreamLoad::default()
+            };
+            if customer && load.snapshot.is_none() && load.events.is_empty() {
+                // Known from here on, before its first event can be committed.
+                self.inner.known_streams.insert("", stream);
+            }
             let state = rebuild(stream, load)?;
             let share = (self.inner.options.streams_in_memory_max
                 / self.inner.options.shards.max(1))
@@ -726,8 +739,11 @@ fn marketplace_answers(
     answers
 }
 
+/// How every customer stream's name begins.
+pub(crate) const CUSTOMER_STREAM_PREFIX: &str = "customer:";
+
 pub(crate) fn customer_stream(tenant: &str, customer_id: &str) -> String {
-    format!("customer:{tenant}/{customer_id}")
+    format!("{CUSTOMER_STREAM_PREFIX}{tenant}/{customer_id}")
 }
 
 pub(crate) fn product_stream(tenant: &str, sku: &str) -> String {
