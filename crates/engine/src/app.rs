@@ -14,6 +14,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::known_keys::{
+    customer_stream_page, idempotency_key_page, KnownKeys, ScanCursor, SCAN_PAGE_KEYS,
+};
 use crate::shard::{customer_stream, product_stream, KeyClaim, Shard, Work};
 use crate::stream::rebuild;
 use crate::{keys, EngineOptions, Error};
@@ -196,26 +199,19 @@ impl App {
             .map_err(|e| Error::Setup(format!("no random source: {e}")))?;
         let sandbox = crate::Sandbox::open(&options.data_dir)?;
         // Created before any request can claim a key: see known_keys.rs for why that is exact.
-        let known_keys = Arc::new(crate::known_keys::KnownKeys::new());
+        let known_keys = Arc::new(KnownKeys::new());
         known_keys.load_from(
             &store,
-            0,
-            crate::known_keys::SCAN_PAGE_KEYS,
-            |s: &SqliteStore, after, limit| s.idempotency_keys(*after, limit),
+            ScanCursor::default(),
+            SCAN_PAGE_KEYS,
+            idempotency_key_page::<SqliteStore>,
         );
-        let known_streams = Arc::new(crate::known_keys::KnownKeys::new());
+        let known_streams = Arc::new(KnownKeys::new());
         known_streams.load_from(
             &store,
-            String::new(),
-            crate::known_keys::SCAN_PAGE_KEYS,
-            |s: &SqliteStore, after: &String, limit| {
-                let names = s.streams(crate::shard::CUSTOMER_STREAM_PREFIX, after, limit)?;
-                let next = names.last().cloned().unwrap_or_else(|| after.clone());
-                Ok((
-                    names.into_iter().map(|n| (String::new(), n)).collect(),
-                    next,
-                ))
-            },
+            ScanCursor::default(),
+            SCAN_PAGE_KEYS,
+            customer_stream_page::<SqliteStore>,
         );
         let inner = Arc::new(Inner {
             store,

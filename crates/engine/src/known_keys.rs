@@ -25,7 +25,7 @@ use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use marketgov_store::Error;
+use marketgov_store::{Error, Store};
 
 /// Memory the filter may use, in bytes, over all its stages.
 pub const KNOWN_KEYS_BYTES_MAX: u64 = 32 << 20;
@@ -102,6 +102,36 @@ impl Stage {
         self.positions(hash)
             .all(|(word, mask)| self.words[word].load(Ordering::Relaxed) & mask != 0)
     }
+}
+
+/// A cursor of a scan: the last key read.
+pub(crate) type ScanCursor = (String, String);
+
+/// One page of the scan of stored idempotency keys, in key order.
+pub(crate) fn idempotency_key_page<S: Store + ?Sized>(
+    store: &S,
+    after: &ScanCursor,
+    limit: usize,
+) -> Result<(Vec<(String, String)>, ScanCursor), Error> {
+    let keys = store.idempotency_keys(after, limit)?;
+    let next = keys.last().cloned().unwrap_or_else(|| after.clone());
+    Ok((keys, next))
+}
+
+/// One page of the scan of stored customer streams (as `("", stream)`), in name order.
+pub(crate) fn customer_stream_page<S: Store + ?Sized>(
+    store: &S,
+    after: &ScanCursor,
+    limit: usize,
+) -> Result<(Vec<(String, String)>, ScanCursor), Error> {
+    let names = store.streams(crate::shard::CUSTOMER_STREAM_PREFIX, &after.1, limit)?;
+    let next = names
+        .last()
+        .map_or_else(|| after.clone(), |n| (String::new(), n.clone()));
+    Ok((
+        names.into_iter().map(|n| (String::new(), n)).collect(),
+        next,
+    ))
 }
 
 /// What the filter holds, for `/v1/stats`.
@@ -283,7 +313,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use marketgov_store::{Commit, IdempotencyRecord, Store};
+    use marketgov_store::{Commit, IdempotencyRecord};
     use marketgov_store_sqlite::{Options, SqliteStore};
 
     fn loaded(filter: &KnownKeys) {
@@ -352,9 +382,12 @@ mod tests {
                 .unwrap();
         }
         let filter = Arc::new(KnownKeys::new());
-        filter.load_from(&store, 0, 7, |s: &SqliteStore, after, limit| {
-            s.idempotency_keys(*after, limit)
-        });
+        filter.load_from(
+            &store,
+            ScanCursor::default(),
+            7,
+            idempotency_key_page::<SqliteStore>,
+        );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !filter.stats().loaded {
             assert!(

@@ -309,15 +309,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The idempotency record of `(tenant, key)`, if kept.
     fn idempotency(&self, tenant: &str, key: &str) -> Result<Option<IdempotencyRecord>, Error>;
 
-    /// The `(tenant, key)` of stored idempotency records after position `after` (0: from the
-    /// start), in storage order, at most `limit`, with the position to continue from (`after`
-    /// itself when none are left). A record stored after a scan began may be missed; callers that
-    /// need every key record new ones themselves.
+    /// The `(tenant, key)` of stored idempotency records after `after` in key order (`("", "")`:
+    /// from the start), at most `limit`. A record stored after a scan began may be missed;
+    /// callers that need every key record new ones themselves.
     fn idempotency_keys(
         &self,
-        after: u64,
+        after: &(String, String),
         limit: usize,
-    ) -> Result<(Vec<(String, String)>, u64), Error>;
+    ) -> Result<Vec<(String, String)>, Error>;
 
     /// Timers due at or before `until_ms`, earliest first, at most `limit`.
     fn due_timers(&self, until_ms: i64, limit: usize) -> Result<Vec<TimerRow>, Error>;
