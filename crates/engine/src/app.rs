@@ -270,6 +270,14 @@ impl App {
         )
     }
 
+    /// Work items waiting in each shard's mailbox (not yet taken by the shard).
+    pub fn mailbox_depths(&self) -> Vec<usize> {
+        self.shards
+            .iter()
+            .map(|s| s.max_capacity() - s.capacity())
+            .collect()
+    }
+
     /// Shards restarted by their supervisor after a panic, since start.
     pub fn shard_restarts(&self) -> u64 {
         self.inner

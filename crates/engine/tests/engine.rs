@@ -372,6 +372,95 @@ async fn a_full_shard_refuses_instead_of_queueing_without_bound() {
     );
 }
 
+/// Polls `done` until it holds (a test fails after 30 s).
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+/// Releases a held batch when the test ends, however it ends (else the store's drop would wait
+/// for its writer forever).
+struct ReleaseOnDrop(Arc<FaultInjector>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+type Answer = Result<marketgov_engine::Reply, Error>;
+
+/// Submits a payment for `c0` and polls it once, so it has reached its shard's mailbox (or been
+/// refused) when this returns: the rest runs on its own task.
+async fn submit_now(app: &App, i: usize) -> Result<tokio::task::JoinHandle<Answer>, Answer> {
+    let app = app.clone();
+    let mut call = Box::pin(async move {
+        app.submit_event("t1", None, pay("c0", 1, &format!("p{i}")))
+            .await
+    });
+    tokio::select! {
+        biased;
+        answer = &mut call => Err(answer),
+        () = std::future::ready(()) => Ok(tokio::spawn(call)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_waiting_behind_an_unacknowledged_commit_is_bounded_then_runs_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(t0());
+    let fault = FaultInjector::fail_batch(1, FaultMode::Held);
+    let _release = ReleaseOnDrop(fault.clone());
+    let mut o = options(dir.path(), &clock);
+    o.shards = 1;
+    o.shard_queue_max = 2;
+    o.store_fault = Some(fault.clone());
+    let app = App::open(o).unwrap();
+    // The first event's commit is written and held before its sync: in flight, unacknowledged.
+    let mut handles = vec![submit_now(&app, 0).await.unwrap()];
+    until("the first commit is held", || fault.holding()).await;
+    // The next two for the same stream are taken from the mailbox and wait behind it (bound 2)...
+    for i in 1..=2 {
+        handles.push(submit_now(&app, i).await.unwrap());
+        until("the shard takes it", || app.mailbox_depths() == vec![0]).await;
+    }
+    // ...then the shard takes no more: two stay in its mailbox, the rest are refused at once.
+    for i in 3..=4 {
+        handles.push(submit_now(&app, i).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(
+            app.mailbox_depths(),
+            vec![i - 2],
+            "the shard took event {i}"
+        );
+    }
+    for i in 5..10 {
+        match submit_now(&app, i).await {
+            Err(Err(Error::Overloaded(_))) => {}
+            Err(other) => panic!("event {i} should be refused, got {other:?}"),
+            Ok(_) => panic!("event {i} should be refused at once"),
+        }
+    }
+    assert!(
+        handles.iter().all(|h| !h.is_finished()),
+        "nothing answered before the sync"
+    );
+    fault.release();
+    let mut seqs = Vec::new();
+    for h in handles {
+        let reply = h.await.unwrap().unwrap();
+        seqs.push(reply.body()["receipt"]["seq"].as_u64().unwrap());
+    }
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3, 4, 5],
+        "decided and logged in arrival order"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idempotency_store_is_bounded_by_window_and_count() {
     let dir = tempfile::tempdir().unwrap();

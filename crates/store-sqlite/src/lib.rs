@@ -127,6 +127,9 @@ pub enum FaultMode {
     LostSync,
     /// The batch reaches the disk but the writer is told the sync failed.
     UnacknowledgedSync,
+    /// The batch waits before its sync until [`FaultInjector::release`], then commits normally:
+    /// its commits stay in flight, unacknowledged, for as long as a test needs.
+    Held,
 }
 
 /// Test seam: fails the `n`-th batch (counting from 1) at its sync.
@@ -135,6 +138,11 @@ pub struct FaultInjector {
     fail_batch: u64,
     mode: FaultMode,
     batches: AtomicU64,
+    /// Whether a held batch may go on.
+    released: Mutex<bool>,
+    /// Whether a batch is being held now.
+    holding: std::sync::atomic::AtomicBool,
+    release: std::sync::Condvar,
 }
 
 impl FaultInjector {
@@ -144,7 +152,38 @@ impl FaultInjector {
             fail_batch,
             mode,
             batches: AtomicU64::new(0),
+            released: Mutex::new(false),
+            holding: std::sync::atomic::AtomicBool::new(false),
+            release: std::sync::Condvar::new(),
         })
+    }
+
+    /// Lets a [`FaultMode::Held`] batch go on (now, or when it comes).
+    pub fn release(&self) {
+        if let Ok(mut released) = self.released.lock() {
+            *released = true;
+            self.release.notify_all();
+        }
+    }
+
+    /// Whether a [`FaultMode::Held`] batch is waiting for [`FaultInjector::release`] now.
+    pub fn holding(&self) -> bool {
+        self.holding.load(Ordering::SeqCst)
+    }
+
+    /// Blocks the writer until [`FaultInjector::release`].
+    fn wait_released(&self) {
+        let Ok(mut released) = self.released.lock() else {
+            return;
+        };
+        self.holding.store(true, Ordering::SeqCst);
+        while !*released {
+            match self.release.wait(released) {
+                Ok(r) => released = r,
+                Err(_) => break,
+            }
+        }
+        self.holding.store(false, Ordering::SeqCst);
     }
 
     fn next_batch(&self) -> Option<FaultMode> {

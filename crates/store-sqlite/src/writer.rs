@@ -170,6 +170,12 @@ impl Writer {
         }
         match self.fault.as_ref().and_then(|f| f.next_batch()) {
             None => tx.commit().map_err(storage)?,
+            Some(FaultMode::Held) => {
+                if let Some(f) = &self.fault {
+                    f.wait_released();
+                }
+                tx.commit().map_err(storage)?;
+            }
             Some(FaultMode::LostSync) => {
                 drop(tx); // rolled back: as if the sync never reached the disk
                 return Err(Error::Storage(

@@ -336,6 +336,7 @@ fn a_failed_sync_acknowledges_nothing_of_its_batch_and_stops_the_writer() {
             FaultMode::LostSync => assert_eq!(events.len(), 1),
             // Unacknowledged but durable data may be there; it must be whole and verified.
             FaultMode::UnacknowledgedSync => assert_eq!(events.len(), 2),
+            FaultMode::Held => unreachable!("not a failure mode"),
         }
         // The restarted store continues the chain.
         let next = events.len() as u64 + 1;
