@@ -118,9 +118,9 @@ pub(crate) struct Inner {
     /// One timer round at a time per process.
     pub timers_running: tokio::sync::Mutex<()>,
     /// The idempotency keys the store holds, so a new key needs no read.
-    pub known_keys: Arc<crate::known_keys::KnownKeys>,
+    pub known_keys: Arc<KnownKeys>,
     /// The customer streams the store holds (as `("", stream)`), so a new customer needs no read.
-    pub known_streams: Arc<crate::known_keys::KnownKeys>,
+    pub known_streams: Arc<KnownKeys>,
 }
 
 impl Inner {

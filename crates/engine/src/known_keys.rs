@@ -431,16 +431,9 @@ mod tests {
         let filter = Arc::new(KnownKeys::new());
         filter.load_from(
             &store,
-            String::new(),
+            ScanCursor::default(),
             3,
-            |s: &SqliteStore, after: &String, limit| {
-                let names = s.streams("customer:", after, limit)?;
-                let next = names.last().cloned().unwrap_or_else(|| after.clone());
-                Ok((
-                    names.into_iter().map(|n| (String::new(), n)).collect(),
-                    next,
-                ))
-            },
+            customer_stream_page::<SqliteStore>,
         );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !filter.stats().loaded {

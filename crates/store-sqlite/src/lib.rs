@@ -132,7 +132,7 @@ pub enum FaultMode {
     Held,
 }
 
-/// Test seam: fails the `n`-th batch (counting from 1) at its sync.
+/// Test seam: fails (or holds, [`FaultMode::Held`]) the `n`-th batch (counting from 1) at its sync.
 #[derive(Debug)]
 pub struct FaultInjector {
     fail_batch: u64,
