@@ -790,6 +790,11 @@ fn print_summary(out: &mut impl Write, r: &Value) -> std::io::Result<()> {
         f("store_bytes_per_event"),
         f("commit_batch_size_mean"),
         f("coordination_compute_ratio")
+    )?;
+    writeln!(
+        out,
+        "  store reads saved by the in-memory key filters: {} idempotency lookups, {} stream loads",
+        r["idempotency_reads_saved"], r["stream_reads_saved"]
     )
 }
 
