@@ -90,6 +90,14 @@ impl Reply {
     }
 }
 
+/// The part of a logged decision ([`crate::LoggedDecision`]) a replay answers with.
+#[derive(serde::Deserialize)]
+struct LoggedReply<'a> {
+    status: EventStatus,
+    #[serde(borrow)]
+    result: &'a serde_json::value::RawValue,
+}
+
 /// State every shard shares.
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -497,12 +505,17 @@ impl App {
         else {
             return Err(bad(format!("{stream} event {version} is missing")));
         };
-        let logged: crate::LoggedDecision =
+        // Only the status and the result's text are needed: the result is answered as logged,
+        // byte for byte, without building a JSON tree of the whole entry.
+        let logged: LoggedReply<'_> =
             serde_json::from_slice(&entry.bytes).map_err(|e| bad(e.to_string()))?;
-        let result = logged.result;
-        let status = logged.status;
         let receipt = Some((entry.seq, entry.prev_hash, entry.hash));
-        Ok(Reply::new(status, &result.to_string(), receipt, true))
+        Ok(Reply::new(
+            logged.status,
+            logged.result.get(),
+            receipt,
+            true,
+        ))
     }
 
     /// Removes expired idempotency records, and the oldest beyond the bound, at most

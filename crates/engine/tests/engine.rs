@@ -119,6 +119,7 @@ async fn a_repeat_with_the_same_key_replays_the_first_result_and_changes_nothing
         first.body(),
         "identical body, receipt included"
     );
+    assert_eq!(again.json, first.json, "the same bytes, as logged");
     assert_eq!(
         app.store().stats().unwrap().events,
         events_before,
