@@ -53,7 +53,8 @@ pub enum Sync {
 pub const PAGE_SIZE_BYTES: u32 = 8_192;
 
 /// The writer checkpoints (copies the WAL into the database file) when the WAL reaches this many
-/// pages (16 MiB), between batches. Fewer, larger checkpoints than SQLite's default of 1,000 pages.
+/// pages (16 MiB of [`PAGE_SIZE_BYTES`] pages; 8 MiB in an older file of 4 KiB pages), between
+/// batches. Fewer, larger checkpoints than SQLite's default of 1,000 pages.
 /// (A background checkpointer thread was measured and removed: its checkpoints and their syncs
 /// stalled commits by 100-400 ms even at light load.)
 pub const WRITER_CHECKPOINT_PAGES: u32 = (16 << 20) / PAGE_SIZE_BYTES;
