@@ -358,22 +358,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn loading_reads_every_stored_key_across_pages_on_a_background_thread() {
+    /// A store holding `commits`, each acknowledged.
+    fn store_with(
+        commits: impl IntoIterator<Item = Commit>,
+    ) -> (tempfile::TempDir, Arc<SqliteStore>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(Options::new(dir.path())).unwrap());
-        for i in 0..50 {
-            let commit = Commit {
-                idempotency: vec![IdempotencyRecord {
-                    tenant: "t".into(),
-                    key: format!("stored-{i}"),
-                    operation: "events".into(),
-                    fingerprint: [1; 32],
-                    response: b"{}".to_vec(),
-                    created_at_ms: 0,
-                }],
-                ..Commit::default()
-            };
+        for commit in commits {
             store
                 .commit(commit)
                 .unwrap()
@@ -381,13 +372,22 @@ mod tests {
                 .unwrap()
                 .unwrap();
         }
+        (dir, store)
+    }
+
+    /// A filter loaded from `store` by `page`, `page_keys` at a time, once its scan has finished.
+    fn loaded_from<F>(store: &Arc<SqliteStore>, page_keys: usize, page: F) -> Arc<KnownKeys>
+    where
+        F: Fn(
+                &SqliteStore,
+                &ScanCursor,
+                usize,
+            ) -> Result<(Vec<(String, String)>, ScanCursor), Error>
+            + Send
+            + 'static,
+    {
         let filter = Arc::new(KnownKeys::new());
-        filter.load_from(
-            &store,
-            ScanCursor::default(),
-            7,
-            idempotency_key_page::<SqliteStore>,
-        );
+        filter.load_from(store, ScanCursor::default(), page_keys, page);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !filter.stats().loaded {
             assert!(
@@ -396,6 +396,23 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        filter
+    }
+
+    #[test]
+    fn loading_reads_every_stored_key_across_pages_on_a_background_thread() {
+        let (_dir, store) = store_with((0..50).map(|i| Commit {
+            idempotency: vec![IdempotencyRecord {
+                tenant: "t".into(),
+                key: format!("stored-{i}"),
+                operation: "events".into(),
+                fingerprint: [1; 32],
+                response: b"{}".to_vec(),
+                created_at_ms: 0,
+            }],
+            ..Commit::default()
+        }));
+        let filter = loaded_from(&store, 7, idempotency_key_page::<SqliteStore>);
         for i in 0..50 {
             assert!(
                 filter.may_contain("t", &format!("stored-{i}")),
@@ -408,41 +425,17 @@ mod tests {
 
     #[test]
     fn loading_by_name_pages_through_every_stored_stream() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(Options::new(dir.path())).unwrap());
-        for i in 0..20 {
-            let commit = Commit {
-                events: vec![marketgov_store::EventWrite {
-                    stream: format!("customer:t/c{i}"),
-                    stream_version: 1,
-                    event_id: format!("e{i}"),
-                    at_ms: 0,
-                    body: b"{}".to_vec(),
-                }],
-                ..Commit::default()
-            };
-            store
-                .commit(commit)
-                .unwrap()
-                .blocking_recv()
-                .unwrap()
-                .unwrap();
-        }
-        let filter = Arc::new(KnownKeys::new());
-        filter.load_from(
-            &store,
-            ScanCursor::default(),
-            3,
-            customer_stream_page::<SqliteStore>,
-        );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !filter.stats().loaded {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the scan never finished"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let (_dir, store) = store_with((0..20).map(|i| Commit {
+            events: vec![marketgov_store::EventWrite {
+                stream: format!("customer:t/c{i}"),
+                stream_version: 1,
+                event_id: format!("e{i}"),
+                at_ms: 0,
+                body: b"{}".to_vec(),
+            }],
+            ..Commit::default()
+        }));
+        let filter = loaded_from(&store, 3, customer_stream_page::<SqliteStore>);
         assert_eq!(filter.stats().keys, 20);
         for i in 0..20 {
             assert!(filter.may_contain("", &format!("customer:t/c{i}")));

@@ -382,6 +382,35 @@ async fn until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_customer_dropped_from_memory_is_read_back_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(t0());
+    let mut o = options(dir.path(), &clock);
+    o.shards = 1;
+    o.streams_in_memory_max = 1;
+    let app = App::open(o).unwrap();
+    publish(&app, "t1", "pro", 2000, false).await;
+    // c1 is new (its store read is skipped), then pushed out of memory by c2.
+    app.submit_event("t1", Some("sub-c1"), subscribe("c1", "pro"))
+        .await
+        .unwrap();
+    app.submit_event("t1", Some("sub-c2"), subscribe("c2", "pro"))
+        .await
+        .unwrap();
+    // Read back, c1 must come from the store: the filter learned its name before it was written.
+    let c1 = app.customer("t1", "c1").await.unwrap();
+    assert!(
+        c1.is_some_and(|c| c.subscription.is_some()),
+        "c1 was forgotten"
+    );
+    let paid = app
+        .submit_event("t1", Some("pay-c1"), pay("c1", 2000, "p1"))
+        .await
+        .unwrap();
+    assert_eq!(paid.status, EventStatus::Completed, "{}", paid.json);
+}
+
 /// Releases a held batch when the test ends, however it ends (else the store's drop would wait
 /// for its writer forever).
 struct ReleaseOnDrop(Arc<FaultInjector>);
