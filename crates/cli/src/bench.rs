@@ -27,7 +27,7 @@ use marketgov_core::ids::{CustomerId, PaymentId, Resource, Sku, SubscriptionId};
 use marketgov_core::money::Currency;
 use marketgov_core::orchestrator::EventStatus;
 use marketgov_core::{CustomerEvent, EventKind, Input, InputError};
-use marketgov_engine::{App, EngineOptions, ManualClock};
+use marketgov_engine::{App, EngineOptions, Histogram, ManualClock};
 use serde_json::{json, Value};
 
 /// What the bench is asked to do.
@@ -152,90 +152,6 @@ fn script(seed: u64, c: &str, i: usize, connectors_live: bool) -> Result<Vec<Ste
         ok,
     ));
     Ok(steps)
-}
-
-/// Latencies in microseconds, in buckets of 1/128 relative width (exact below 256 µs): a fixed,
-/// small record (25 KiB) per worker however many events run.
-#[derive(Debug, Clone)]
-struct Histogram {
-    counts: Vec<u64>,
-}
-
-impl Histogram {
-    const EXACT: u64 = 256;
-    const SUB_BUCKETS: u64 = 128;
-    /// log2 of `SUB_BUCKETS`.
-    const SUB_BITS: u64 = 7;
-
-    fn new() -> Self {
-        Self {
-            counts: vec![0; Self::bucket(u64::from(u32::MAX)) + 1],
-        }
-    }
-
-    fn bucket(v: u64) -> usize {
-        let v = v.min(u64::from(u32::MAX)); // 71 minutes: longer is recorded as that
-        if v < Self::EXACT {
-            return v as usize;
-        }
-        let top = 63 - u64::from(v.leading_zeros()); // >= SUB_BITS + 1
-        let shift = top - Self::SUB_BITS;
-        (Self::EXACT
-            + (top - Self::SUB_BITS - 1) * Self::SUB_BUCKETS
-            + ((v >> shift) & (Self::SUB_BUCKETS - 1))) as usize
-    }
-
-    /// The smallest value of bucket `b`.
-    fn floor(b: usize) -> u64 {
-        let b = b as u64;
-        if b < Self::EXACT {
-            return b;
-        }
-        let top = (b - Self::EXACT) / Self::SUB_BUCKETS + Self::SUB_BITS + 1;
-        let mantissa = (b - Self::EXACT) % Self::SUB_BUCKETS;
-        (Self::SUB_BUCKETS + mantissa) << (top - Self::SUB_BITS)
-    }
-
-    fn record(&mut self, micros: u64) {
-        let b = Self::bucket(micros);
-        if let Some(c) = self.counts.get_mut(b) {
-            *c += 1;
-        }
-    }
-
-    fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
-        }
-    }
-
-    fn total(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// The value at quantile `q` (the bucket's floor).
-    fn quantile(&self, q: f64) -> u64 {
-        let total = self.total();
-        if total == 0 {
-            return 0;
-        }
-        let rank = ((total as f64 * q).ceil() as u64).clamp(1, total);
-        let mut seen = 0;
-        for (b, c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return Self::floor(b);
-            }
-        }
-        0
-    }
-
-    fn max(&self) -> u64 {
-        self.counts
-            .iter()
-            .rposition(|c| *c > 0)
-            .map_or(0, Self::floor)
-    }
 }
 
 /// How an event was answered.
@@ -414,6 +330,14 @@ impl Client {
     }
 
     /// The engine's counters (`GET /v1/stats` over HTTP).
+    /// The engine's decision-to-durable record, when it runs in this process.
+    fn decision_to_durable(&self) -> Option<Histogram> {
+        match self {
+            Client::InProc(app) => Some(app.decision_to_durable()),
+            Client::Http(_) => None,
+        }
+    }
+
     async fn stats(&self) -> anyhow::Result<Value> {
         match self {
             Client::InProc(app) => Ok(app.stats()?),
@@ -554,6 +478,7 @@ async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
     let latencies = Arc::new(Mutex::new(Histogram::new()));
     let errors: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
     let stats_before = client.stats().await?;
+    let durable_before = client.decision_to_durable();
     let started = Instant::now();
     let pacer = settings.rate.filter(|r| *r > 0).map(|rate| {
         Arc::new(Pacer {
@@ -661,41 +586,58 @@ async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
         eprintln!();
     }
     let stats = client.stats().await?;
+    let durable = client
+        .decision_to_durable()
+        .zip(durable_before)
+        .map(|(now, then)| now.since(&then));
     let lat = latencies
         .lock()
         .map(|l| l.clone())
         .unwrap_or_else(|_| Histogram::new());
     let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
-    let report = report(
-        settings,
-        &client,
+    let measured = Measured {
         elapsed,
-        &lat,
-        &errors,
-        &stats_before,
-        &stats,
-    );
+        latency: lat,
+        durable,
+        errors,
+    };
+    let report = report(settings, &client, &measured, &stats_before, &stats);
     let mut out = std::io::stdout().lock();
     if settings.json {
         writeln!(out, "{report}")?;
     } else {
         print_summary(&mut out, &report)?;
     }
-    if !errors.is_empty() {
-        anyhow::bail!("the bench saw wrong answers: {errors:?}");
+    if !measured.errors.is_empty() {
+        anyhow::bail!("the bench saw wrong answers: {:?}", measured.errors);
     }
     Ok(())
+}
+
+/// What the workers and the engine recorded during one run.
+struct Measured {
+    elapsed: Duration,
+    /// From each event's send (or scheduled send, when paced) to its answer.
+    latency: Histogram,
+    /// The engine's decision-to-durable record of this run (in process only).
+    durable: Option<Histogram>,
+    /// Wrong answers by kind.
+    errors: std::collections::BTreeMap<String, u64>,
 }
 
 fn report(
     settings: &Settings,
     client: &Client,
-    elapsed: Duration,
-    lat: &Histogram,
-    errors: &std::collections::BTreeMap<String, u64>,
+    measured: &Measured,
     before: &Value,
     after: &Value,
 ) -> Value {
+    let Measured {
+        elapsed,
+        latency: lat,
+        durable,
+        errors,
+    } = measured;
     let n = |v: &Value, path: &[&str]| {
         path.iter()
             .try_fold(v, |v, k| v.get(*k))
@@ -734,6 +676,14 @@ fn report(
         "coordination_compute_ratio": handle.saturating_sub(decide) as f64 / decide.max(1) as f64,
         "idempotency_reads_saved": delta(&["known_keys", "reads_saved"]),
         "stream_reads_saved": delta(&["known_streams", "reads_saved"]),
+        // The engine's own record, from each decision to its synced commit (SPEC 5's latency):
+        // this run's alone in process; over HTTP the server's since it started.
+        "decision_to_durable_us": durable.as_ref().map_or_else(
+            || after["decision_to_durable_us"]["quantiles"].clone(),
+            Histogram::summary_json,
+        ),
+        "decision_to_durable_includes_earlier_work": durable.is_none()
+            && n(before, &["decision_to_durable_us", "quantiles", "count"]) > 0,
     })
 }
 
@@ -777,6 +727,21 @@ fn print_summary(out: &mut impl Write, r: &Value) -> std::io::Result<()> {
         l("p999"),
         l("max")
     )?;
+    let d = |k: &str| r["decision_to_durable_us"][k].as_u64().unwrap_or(0);
+    writeln!(
+        out,
+        "  decision to durable p50 {} us, p95 {} us, p99 {} us, p99.9 {} us, max {} us{}",
+        d("p50"),
+        d("p95"),
+        d("p99"),
+        d("p999"),
+        d("max"),
+        if r["decision_to_durable_includes_earlier_work"].as_bool() == Some(true) {
+            " (since the server started)"
+        } else {
+            ""
+        }
+    )?;
     let errors = r["errors"].as_object().filter(|e| !e.is_empty());
     writeln!(
         out,
@@ -796,41 +761,4 @@ fn print_summary(out: &mut impl Write, r: &Value) -> std::io::Result<()> {
         "  store reads saved by the in-memory key filters: {} idempotency lookups, {} stream loads",
         r["idempotency_reads_saved"], r["stream_reads_saved"]
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Histogram;
-
-    #[test]
-    fn histogram_quantiles_are_within_one_percent() {
-        let mut h = Histogram::new();
-        for v in 1..=100_000u64 {
-            h.record(v);
-        }
-        for (q, exact) in [(0.5, 50_000u64), (0.99, 99_000), (0.999, 99_900)] {
-            let got = h.quantile(q);
-            assert!(
-                got <= exact && exact - got <= exact / 100,
-                "q{q}: {got} vs {exact}"
-            );
-        }
-        assert_eq!(h.quantile(0.0001), 10);
-        assert!(h.max() <= 100_000 && h.max() >= 99_000);
-        for v in [
-            0u64,
-            1,
-            255,
-            256,
-            511,
-            512,
-            4096,
-            1 << 31,
-            u64::from(u32::MAX),
-        ] {
-            let b = Histogram::bucket(v);
-            assert!(Histogram::floor(b) <= v, "{v}");
-            assert!(Histogram::bucket(Histogram::floor(b)) == b, "{v}");
-        }
-    }
 }

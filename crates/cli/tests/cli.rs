@@ -146,6 +146,20 @@ fn the_bench_runs_a_tiny_workload_and_checks_every_answer() {
         );
     }
     assert!(report["latency_us"]["p99"].as_u64().is_some());
+    // Every event but the 30 replays (answered from the log) was decided and committed, and the
+    // engine timed each from its decision to its synced commit.
+    let durable = &report["decision_to_durable_us"];
+    assert_eq!(
+        durable["count"].as_u64(),
+        report["events"].as_u64().map(|e| e - 30),
+        "{report}"
+    );
+    let q = |k: &str| durable[k].as_u64().unwrap();
+    assert!(
+        q("p50") > 0 && q("p50") <= q("p99") && q("p99") <= q("max"),
+        "{report}"
+    );
+    assert_eq!(report["decision_to_durable_includes_earlier_work"], false);
     // On a fresh store every customer is new and every key but the replayed one is new: the
     // filters answer all of those without a read (a false "maybe" is about 1e-20 this empty).
     assert_eq!(report["stream_reads_saved"], 30, "{report}");

@@ -887,6 +887,12 @@ fn metrics_and_the_dashboard_are_served() {
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
     assert!(text.contains("marketgov_events_total 2"), "{text}");
+    // Each logged decision was timed to its synced commit.
+    assert!(
+        text.contains("marketgov_decision_to_durable_seconds_count 2"),
+        "{text}"
+    );
+    assert!(text.contains("marketgov_decision_to_durable_seconds{quantile=\"0.99\"} 0."));
     assert!(text.contains("marketgov_circuit_breaker_open{connector=\"payments\"} 0"));
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", server.port)) else {
         panic!()

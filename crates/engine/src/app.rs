@@ -119,6 +119,9 @@ pub(crate) struct Inner {
     pub decide_nanos: std::sync::atomic::AtomicU64,
     /// Nanoseconds from taking a work item to answering it since start (compute + coordination).
     pub handle_nanos: std::sync::atomic::AtomicU64,
+    /// From the core's decision to the store's acknowledgement of its sync, every commit of a
+    /// customer event or catalog command since start (SPEC 5's decision-to-durable latency).
+    pub decision_to_durable: crate::latency::SharedHistogram,
     /// Events refused or parked since start.
     pub refused: std::sync::atomic::AtomicU64,
     /// One outbox executor at a time per process.
@@ -236,6 +239,7 @@ impl App {
             conflicts: std::sync::atomic::AtomicU64::new(0),
             decide_nanos: std::sync::atomic::AtomicU64::new(0),
             handle_nanos: std::sync::atomic::AtomicU64::new(0),
+            decision_to_durable: crate::latency::SharedHistogram::new(),
             refused: std::sync::atomic::AtomicU64::new(0),
             effects_running: tokio::sync::Mutex::new(()),
             timers_running: tokio::sync::Mutex::new(()),
@@ -268,6 +272,12 @@ impl App {
             self.inner.decide_nanos.load(Relaxed),
             self.inner.handle_nanos.load(Relaxed),
         )
+    }
+
+    /// Decision-to-durable latencies since start: from the core's decision to the store's
+    /// acknowledgement that its commit is synced.
+    pub fn decision_to_durable(&self) -> crate::Histogram {
+        self.inner.decision_to_durable.snapshot()
     }
 
     /// The in-memory filters of stored idempotency keys and of stored customer streams.

@@ -16,6 +16,7 @@ mod clock;
 mod effects;
 mod keys;
 mod known_keys;
+mod latency;
 mod queries;
 mod shard;
 mod stream;
@@ -35,6 +36,7 @@ pub use effects::{
 };
 pub use keys::{load_or_create as audit_signer, AUDIT_KEY_FILE};
 pub use known_keys::{KnownKeysStats, KNOWN_KEYS_BYTES_MAX};
+pub use latency::{Histogram, SharedHistogram, LATENCY_MICROS_MAX};
 pub use queries::{Page, PAGE_LIMIT_MAX};
 pub use stream::LoggedDecision;
 pub use timers::{FIRINGS_PER_CALL_MAX, TIMERS_PER_ROUND_MAX};

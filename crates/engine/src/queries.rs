@@ -276,6 +276,11 @@ impl App {
                 "handle": handle_nanos,
                 "meaning": "summed over customer events since start: time in the pure decision, and from a shard taking the event to its answer"
             },
+            "decision_to_durable_us": {
+                "since": "start of this process",
+                "meaning": "from the core's decision to the store's acknowledgement that its commit is synced (SPEC 5), microseconds",
+                "quantiles": self.decision_to_durable().summary_json(),
+            },
             "memory": process_memory(),
             "known_keys": known_json(&keys, "in-memory filter of stored idempotency keys: a new key needs no read once loaded"),
             "known_streams": known_json(&streams, "in-memory filter of stored customer streams: a new customer needs no read once loaded"),

@@ -115,6 +115,8 @@ struct InFlight {
     reply: oneshot::Sender<Result<Reply, Error>>,
     /// When the shard took the item (for the coordination/compute figure); customer events only.
     started: Option<std::time::Instant>,
+    /// When the core returned the decision (for the decision-to-durable latency).
+    decided_at: std::time::Instant,
     conflicts: u64,
     /// A product to remember for its tenant once durable.
     product_of: Option<String>,
@@ -129,6 +131,8 @@ struct Prepared {
     status: EventStatus,
     result_json: Box<serde_json::value::RawValue>,
     conflicts: u64,
+    /// When the core returned the decision: the start of its decision-to-durable latency.
+    decided_at: std::time::Instant,
 }
 
 /// A customer decision ready to commit, or the reason none is.
@@ -307,6 +311,7 @@ impl Shard {
                 result_json: prepared.result_json,
                 reply,
                 started,
+                decided_at: prepared.decided_at,
                 conflicts: prepared.conflicts,
                 product_of,
             }),
@@ -335,6 +340,9 @@ impl Shard {
                 return;
             }
         };
+        self.inner
+            .decision_to_durable
+            .record(done.decided_at.elapsed());
         let product = done.next.product.clone();
         if let Some(state) = self.cache.get_mut(&done.stream) {
             *state = done.next;
@@ -425,7 +433,9 @@ impl Shard {
             }
             decide_event(state.customer.as_ref(), &event, &catalog, &ctx)
         }));
-        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let decided_at = std::time::Instant::now();
+        let nanos =
+            u64::try_from(decided_at.duration_since(started).as_nanos()).unwrap_or(u64::MAX);
         self.inner
             .decide_nanos
             .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
@@ -523,6 +533,7 @@ impl Shard {
             status: result.status,
             result_json,
             conflicts: result.conflicts.len() as u64,
+            decided_at,
         }))
     }
 
@@ -538,6 +549,7 @@ impl Shard {
         self.state(&stream)?;
         let state = self.cache.get(&stream).ok_or_else(|| vanished(&stream))?;
         let result = decide_catalog(state.product.as_ref(), &command, &ctx)?;
+        let decided_at = std::time::Instant::now();
         // Serialized once: the same bytes go into the log entry and, with the receipt, the reply.
         let result_json = serde_json::to_string(&result)
             .and_then(serde_json::value::RawValue::from_string)
@@ -579,6 +591,7 @@ impl Shard {
             status: result.status,
             result_json,
             conflicts: 0,
+            decided_at,
         })
     }
 

@@ -840,6 +840,27 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Result<Response, Prob
         "Shards restarted by their supervisor.",
         n("shard_restarts"),
     );
+    let durable = state.app.decision_to_durable();
+    out.push_str(
+        "# HELP marketgov_decision_to_durable_seconds From the core's decision to the store's acknowledgement that its commit is synced, since start.\n\
+         # TYPE marketgov_decision_to_durable_seconds summary\n",
+    );
+    for (q, label) in [
+        (0.5, "0.5"),
+        (0.95, "0.95"),
+        (0.99, "0.99"),
+        (0.999, "0.999"),
+    ] {
+        out.push_str(&format!(
+            "marketgov_decision_to_durable_seconds{{quantile=\"{label}\"}} {}\n",
+            micros_as_seconds(durable.quantile(q))
+        ));
+    }
+    out.push_str(&format!(
+        "marketgov_decision_to_durable_seconds_sum {}\nmarketgov_decision_to_durable_seconds_count {}\n",
+        micros_as_seconds(durable.sum()),
+        durable.total()
+    ));
     for connector in ["payments", "fulfillment", "notification", "escalation"] {
         let open = u64::from(state.app.breaker_state(connector) != "closed");
         out.push_str(&format!(
@@ -852,6 +873,11 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Result<Response, Prob
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     Ok(response)
+}
+
+/// Microseconds as decimal seconds, exactly (no float rounding).
+fn micros_as_seconds(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
 }
 
 async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
