@@ -676,6 +676,7 @@ fn report(
         "coordination_compute_ratio": handle.saturating_sub(decide) as f64 / decide.max(1) as f64,
         "idempotency_reads_saved": delta(&["known_keys", "reads_saved"]),
         "stream_reads_saved": delta(&["known_streams", "reads_saved"]),
+        "replays_answered_from_memory": delta(&["recent_replies", "answered"]),
         // The engine's own record, from each decision to its synced commit (SPEC 5's latency):
         // this run's alone in process; over HTTP the server's since it started.
         "decision_to_durable_us": durable.as_ref().map_or_else(
@@ -758,7 +759,7 @@ fn print_summary(out: &mut impl Write, r: &Value) -> std::io::Result<()> {
     )?;
     writeln!(
         out,
-        "  store reads saved by the in-memory key filters: {} idempotency lookups, {} stream loads",
-        r["idempotency_reads_saved"], r["stream_reads_saved"]
+        "  store reads saved in memory: {} idempotency lookups and {} stream loads by the key filters, {} replays by the recent answers",
+        r["idempotency_reads_saved"], r["stream_reads_saved"], r["replays_answered_from_memory"]
     )
 }

@@ -160,6 +160,8 @@ fn the_bench_runs_a_tiny_workload_and_checks_every_answer() {
         "{report}"
     );
     assert_eq!(report["decision_to_durable_includes_earlier_work"], false);
+    // Each replay follows its first request closely: all 30 are answered from memory.
+    assert_eq!(report["replays_answered_from_memory"], 30, "{report}");
     // On a fresh store every customer is new and every key but the replayed one is new: the
     // filters answer all of those without a read (a false "maybe" is about 1e-20 this empty).
     assert_eq!(report["stream_reads_saved"], 30, "{report}");

@@ -132,6 +132,8 @@ pub(crate) struct Inner {
     pub known_keys: Arc<KnownKeys>,
     /// The customer streams the store holds (as `("", stream)`), so a new customer needs no read.
     pub known_streams: Arc<KnownKeys>,
+    /// The newest durable keyed answers, so a prompt retry needs no store read.
+    pub recent_replies: crate::recent_replies::RecentReplies,
 }
 
 impl Inner {
@@ -245,6 +247,10 @@ impl App {
             timers_running: tokio::sync::Mutex::new(()),
             known_keys,
             known_streams,
+            recent_replies: crate::recent_replies::RecentReplies::new(
+                crate::recent_replies::RECENT_REPLIES_MAX
+                    .min(usize::try_from(options.idempotency_keys_max).unwrap_or(usize::MAX)),
+            ),
         });
         let mut shards = Vec::with_capacity(options.shards.max(1));
         for _ in 0..options.shards.max(1) {
@@ -407,7 +413,20 @@ impl App {
         let Some(key) = key else {
             return Ok(Claimed::None);
         };
-        match self.claim_raw(tenant, key, operation, fingerprint(operation, input)?)? {
+        let fingerprint = fingerprint(operation, input)?;
+        // A repeat soon after the first request is answered from memory: the same text, under the
+        // same rules as the stored record (see recent_replies.rs); otherwise the store decides.
+        if let Some(reply) = self.inner.recent_replies.replay(
+            tenant,
+            key,
+            operation,
+            &fingerprint,
+            self.inner.options.clock.now().as_millisecond(),
+            self.inner.options.idempotency_window_ms,
+        )? {
+            return Ok(Claimed::Replay(reply));
+        }
+        match self.claim_raw(tenant, key, operation, fingerprint)? {
             Claim::Seen(response) => Ok(Claimed::Replay(self.replay(&response)?)),
             Claim::New(claim, guard) => Ok(Claimed::New(Some(claim), Some(guard))),
         }

@@ -281,6 +281,11 @@ impl App {
                 "meaning": "from the core's decision to the store's acknowledgement that its commit is synced (SPEC 5), microseconds",
                 "quantiles": self.decision_to_durable().summary_json(),
             },
+            "recent_replies": {
+                "held": self.inner().recent_replies.len(),
+                "answered": self.inner().recent_replies.answered(),
+                "meaning": "answers of the newest keyed requests kept in memory: a prompt retry is answered without a store read",
+            },
             "memory": process_memory(),
             "known_keys": known_json(&keys, "in-memory filter of stored idempotency keys: a new key needs no read once loaded"),
             "known_streams": known_json(&streams, "in-memory filter of stored customer streams: a new customer needs no read once loaded"),

@@ -22,6 +22,7 @@ use marketgov_store::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::app::{Inner, Reply};
+use crate::recent_replies::RecentReply;
 use crate::stream::{rebuild, snapshot_body, LoggedDecisionRef, StreamState, ENCODING_VERSION};
 use crate::Error;
 
@@ -117,6 +118,8 @@ struct InFlight {
     started: Option<std::time::Instant>,
     /// When the core returned the decision (for the decision-to-durable latency).
     decided_at: std::time::Instant,
+    /// The idempotency key written with it, and when.
+    claim: Option<(KeyClaim, i64)>,
     conflicts: u64,
     /// A product to remember for its tenant once durable.
     product_of: Option<String>,
@@ -133,6 +136,8 @@ struct Prepared {
     conflicts: u64,
     /// When the core returned the decision: the start of its decision-to-durable latency.
     decided_at: std::time::Instant,
+    /// The idempotency key written with it, and when: its answer is remembered once durable.
+    claim: Option<(KeyClaim, i64)>,
 }
 
 /// A customer decision ready to commit, or the reason none is.
@@ -312,6 +317,7 @@ impl Shard {
                 reply,
                 started,
                 decided_at: prepared.decided_at,
+                claim: prepared.claim,
                 conflicts: prepared.conflicts,
                 product_of,
             }),
@@ -365,12 +371,26 @@ impl Shard {
         if let (Some(tenant), Some(product)) = (&done.product_of, product) {
             self.inner.remember_product(tenant, product);
         }
-        let _ = done.reply.send(Ok(Reply::new(
+        let reply = Reply::new(
             done.status,
             done.result_json.get(),
             receipt.entries.first().copied(),
             false,
-        )));
+        );
+        if let Some((claim, created_at_ms)) = done.claim {
+            self.inner.recent_replies.insert(
+                &claim.tenant,
+                &claim.key,
+                RecentReply {
+                    operation: claim.operation,
+                    fingerprint: claim.fingerprint,
+                    created_at_ms,
+                    status: reply.status,
+                    json: reply.json.clone(),
+                },
+            );
+        }
+        let _ = done.reply.send(Ok(reply));
     }
 
     fn state(&mut self, stream: &str) -> Result<&StreamState, Error> {
@@ -534,6 +554,7 @@ impl Shard {
             result_json,
             conflicts: result.conflicts.len() as u64,
             decided_at,
+            claim: claim.map(|c| (c, ctx.now.as_millisecond())),
         }))
     }
 
@@ -592,6 +613,7 @@ impl Shard {
             result_json,
             conflicts: 0,
             decided_at,
+            claim: claim.map(|c| (c, ctx.now.as_millisecond())),
         })
     }
 

@@ -155,6 +155,43 @@ async fn a_repeat_with_the_same_key_replays_the_first_result_and_changes_nothing
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_from_memory_and_one_from_the_store_answer_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(t0());
+    let (first, from_memory) = {
+        let app = App::open(options(dir.path(), &clock)).unwrap();
+        publish(&app, "t1", "pro", 2000, false).await;
+        let first = app
+            .submit_event("t1", Some("k-sub"), subscribe("c1", "pro"))
+            .await
+            .unwrap();
+        let again = app
+            .submit_event("t1", Some("k-sub"), subscribe("c1", "pro"))
+            .await
+            .unwrap();
+        assert_eq!(app.stats().unwrap()["recent_replies"]["answered"], 1);
+        (first, again)
+    };
+    // A new process remembers nothing in memory: the store answers.
+    let app = reopen(dir.path(), &clock).await;
+    let from_store = app
+        .submit_event("t1", Some("k-sub"), subscribe("c1", "pro"))
+        .await
+        .unwrap();
+    assert_eq!(app.stats().unwrap()["recent_replies"]["answered"], 0);
+    assert!(from_memory.replayed && from_store.replayed);
+    assert_eq!(from_memory.json, first.json);
+    assert_eq!(from_store.json, first.json);
+    assert_eq!(from_memory.status, from_store.status);
+    // The store's answer is remembered too: other content under the key is refused either way.
+    assert!(matches!(
+        app.submit_event("t1", Some("k-sub"), subscribe("c2", "pro"))
+            .await,
+        Err(Error::KeyReused { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_key_runs_again_and_invalid_input_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_at(t0());
@@ -216,6 +253,12 @@ async fn a_storage_failure_is_not_remembered_and_a_retry_after_restart_succeeds(
             .submit_event("t1", Some("k-other"), subscribe("c2", "pro"))
             .await
             .is_err());
+        // Nor is the failed request's answer remembered in memory: the same key again is not
+        // answered as a replay of something that never became durable.
+        let again = app
+            .submit_event("t1", Some("k"), subscribe("c1", "pro"))
+            .await;
+        assert!(again.is_err(), "{again:?}");
     }
     let app = reopen(dir.path(), &clock).await;
     let retry = app
