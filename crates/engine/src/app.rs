@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use marketgov_audit::{to_hex, Hash, Report, Verifier};
+use marketgov_audit::{Hash, Report, Verifier};
 use marketgov_core::governors::product_catalog::Product;
 use marketgov_core::ids::Sku;
 use marketgov_core::orchestrator::{EventContext, EventStatus};
@@ -62,18 +62,21 @@ impl Reply {
     ) -> Self {
         let json = match (receipt, result.trim_end().strip_suffix('}')) {
             (Some((seq, prev, hash)), Some(open)) => {
-                let view = ReceiptView {
-                    seq,
-                    hash: to_hex(&hash),
-                    prev_hash: to_hex(&prev),
-                };
-                let receipt = serde_json::to_string(&view).unwrap_or_else(|_| "null".into());
-                let separator = if open.trim_end().ends_with('{') {
-                    ""
-                } else {
-                    ","
-                };
-                format!("{open}{separator}\"receipt\":{receipt}}}")
+                // Written in place, in [`ReceiptView`]'s serialized form (a test compares them):
+                // one allocation per answer.
+                let mut json = String::with_capacity(open.len() + 192);
+                json.push_str(open);
+                if !open.trim_end().ends_with('{') {
+                    json.push(',');
+                }
+                json.push_str("\"receipt\":{\"seq\":");
+                json.push_str(&seq.to_string());
+                json.push_str(",\"hash\":\"");
+                push_hex(&mut json, &hash);
+                json.push_str("\",\"prev_hash\":\"");
+                push_hex(&mut json, &prev);
+                json.push_str("\"}}");
+                json
             }
             _ => result.to_owned(),
         };
@@ -636,6 +639,15 @@ pub fn verify_store(store: &dyn Store, public_key: &[u8; 32]) -> Result<Report, 
 }
 
 /// SHA-256 over the operation and the input's canonical JSON.
+/// Appends `bytes` as lowercase hex.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+}
+
 fn fingerprint(operation: &str, input: &Input) -> Result<[u8; 32], Error> {
     let bytes = serde_json::to_vec(input).map_err(|e| Error::Setup(e.to_string()))?;
     let mut h = Sha256::new();
@@ -658,6 +670,14 @@ mod tests {
             let reply = Reply::new(EventStatus::Completed, result, receipt, false);
             let body: serde_json::Value = serde_json::from_str(&reply.json).unwrap();
             assert_eq!(body["receipt"]["seq"], 7, "{}", reply.json);
+            // The same text serde writes for a receipt (what earlier answers carried).
+            let view = super::ReceiptView {
+                seq: 7,
+                hash: "02".repeat(32),
+                prev_hash: "01".repeat(32),
+            };
+            let expected = format!("\"receipt\":{}}}", serde_json::to_string(&view).unwrap());
+            assert!(reply.json.ends_with(&expected), "{}", reply.json);
             assert_eq!(body["receipt"]["hash"], "02".repeat(32));
             assert_eq!(body["receipt"]["prev_hash"], "01".repeat(32));
             let mut without = body.clone();

@@ -470,10 +470,9 @@ impl Shard {
             }
         };
         let next = result.next.take();
-        // Serialized once: the same bytes go into the log entry and, with the receipt, the reply.
-        let result_json = serde_json::to_string(&result)
-            .and_then(serde_json::value::RawValue::from_string)
-            .map_err(encode)?;
+        // Serialized once: the same bytes go into the log entry and, with the receipt, the reply
+        // (`to_raw_value` wraps serde_json's own output without parsing it again).
+        let result_json = serde_json::value::to_raw_value(&result).map_err(encode)?;
         let logged = LoggedDecisionRef {
             v: ENCODING_VERSION,
             tenant,
@@ -571,10 +570,9 @@ impl Shard {
         let state = self.cache.get(&stream).ok_or_else(|| vanished(&stream))?;
         let result = decide_catalog(state.product.as_ref(), &command, &ctx)?;
         let decided_at = std::time::Instant::now();
-        // Serialized once: the same bytes go into the log entry and, with the receipt, the reply.
-        let result_json = serde_json::to_string(&result)
-            .and_then(serde_json::value::RawValue::from_string)
-            .map_err(encode)?;
+        // Serialized once: the same bytes go into the log entry and, with the receipt, the reply
+        // (`to_raw_value` wraps serde_json's own output without parsing it again).
+        let result_json = serde_json::value::to_raw_value(&result).map_err(encode)?;
         let logged = LoggedDecisionRef {
             v: ENCODING_VERSION,
             tenant,
