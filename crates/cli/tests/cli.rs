@@ -159,7 +159,7 @@ fn the_bench_runs_a_tiny_workload_and_checks_every_answer() {
         q("p50") > 0 && q("p50") <= q("p99") && q("p99") <= q("max"),
         "{report}"
     );
-    assert_eq!(report["decision_to_durable_includes_earlier_work"], false);
+    assert_eq!(report["decision_to_durable_scope"], "this run");
     // Each replay follows its first request closely: all 30 are answered from memory.
     assert_eq!(report["replays_answered_from_memory"], 30, "{report}");
     // On a fresh store every customer is new and every key but the replayed one is new: the

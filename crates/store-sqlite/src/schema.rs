@@ -75,6 +75,14 @@ const MIGRATIONS: &[&str] = &[
     r"
     DROP INDEX idempotency_age;
     ",
+    // 3: pending timers and effects are counted by the writer as it changes them and kept here,
+    // in the same transactions (counting the rows took seconds with millions of them). Counted
+    // once, at this upgrade.
+    r"
+    INSERT OR REPLACE INTO meta (key, value) VALUES
+        ('pending_timers', (SELECT COUNT(*) FROM timers)),
+        ('pending_outbox', (SELECT COUNT(*) FROM outbox WHERE state = 'pending'));
+    ",
 ];
 
 /// The schema version this release writes.

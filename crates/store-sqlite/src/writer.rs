@@ -21,9 +21,54 @@ pub(crate) struct Request {
     pub ack: oneshot::Sender<Result<Receipt, Error>>,
 }
 
+/// Stored timers and pending outbox rows, counted as the writer changes them and written to
+/// `meta` in the same transaction, so the count is as durable as the rows. Like the audit head,
+/// a commit's changes to it are undone when the commit is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub timers: u64,
+    pub outbox: u64,
+}
+
+impl Pending {
+    /// The counts as stored.
+    pub fn read(conn: &Connection) -> Result<Self, Error> {
+        let get = |key: &str| -> Result<u64, Error> {
+            let text: String = conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .map_err(storage)?;
+            text.parse().map_err(|_| Error::Corrupt {
+                location: format!("meta {key}"),
+                detail: format!("not a count: {text:?}"),
+            })
+        };
+        Ok(Self {
+            timers: get("pending_timers")?,
+            outbox: get("pending_outbox")?,
+        })
+    }
+
+    fn write(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), Error> {
+        let mut st = tx
+            .prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")
+            .map_err(storage)?;
+        st.execute(params!["pending_timers", self.timers.to_string()])
+            .map_err(storage)?;
+        st.execute(params!["pending_outbox", self.outbox.to_string()])
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    pub fn publish(&self, shared: &Shared) {
+        shared.pending_timers.store(self.timers, Ordering::Relaxed);
+        shared.pending_outbox.store(self.outbox, Ordering::Relaxed);
+    }
+}
+
 pub(crate) struct Writer {
     pub conn: Connection,
     pub head: Head,
+    pub pending: Pending,
     pub signer: Option<CheckpointSigner>,
     pub checkpoint_every: u64,
     pub last_checkpoint: u64,
@@ -80,6 +125,7 @@ impl Writer {
 
     fn run_batch(&mut self, batch: Vec<Request>) {
         let head_before = self.head;
+        let pending_before = self.pending;
         let outcome = self.write_batch(&batch);
         match outcome {
             Ok(results) => {
@@ -94,6 +140,7 @@ impl Writer {
             Err(e) => {
                 // Nothing of the batch is acknowledged; the writer stops.
                 self.head = head_before;
+                self.pending = pending_before;
                 let reason = e.to_string();
                 self.shared.stop(&reason);
                 for request in batch {
@@ -114,6 +161,7 @@ impl Writer {
     /// failing commit fails alone.
     fn write_batch(&mut self, batch: &[Request]) -> Result<Vec<Result<Receipt, Error>>, Error> {
         let head_before = self.head;
+        let pending_before = self.pending;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -121,7 +169,7 @@ impl Writer {
         let mut results = Vec::with_capacity(batch.len());
         let mut all_written = true;
         for request in batch {
-            match write_commit(&tx, &mut self.head, &request.commit) {
+            match write_commit(&tx, &mut self.head, &mut self.pending, &request.commit) {
                 Ok(receipt) => results.push(Ok(receipt)),
                 Err(_) => {
                     all_written = false;
@@ -134,15 +182,16 @@ impl Writer {
         } else {
             tx.rollback().map_err(storage)?;
             self.head = head_before;
+            self.pending = pending_before;
             results.clear();
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(storage)?;
             for request in batch {
-                let head = self.head;
+                let (head, pending) = (self.head, self.pending);
                 tx.execute_batch("SAVEPOINT one_commit").map_err(storage)?;
-                match write_commit(&tx, &mut self.head, &request.commit) {
+                match write_commit(&tx, &mut self.head, &mut self.pending, &request.commit) {
                     Ok(receipt) => {
                         tx.execute_batch("RELEASE one_commit").map_err(storage)?;
                         results.push(Ok(receipt));
@@ -151,12 +200,16 @@ impl Writer {
                         tx.execute_batch("ROLLBACK TO one_commit; RELEASE one_commit")
                             .map_err(storage)?;
                         self.head = head;
+                        self.pending = pending;
                         results.push(Err(e));
                     }
                 }
             }
             tx
         };
+        if self.pending != pending_before {
+            self.pending.write(&tx)?;
+        }
         let checkpoint_due = self.head.seq >= self.last_checkpoint + self.checkpoint_every;
         if let (Some(signer), true) = (&self.signer, checkpoint_due) {
             {
@@ -193,6 +246,7 @@ impl Writer {
             self.last_checkpoint = self.head.seq;
         }
         self.shared.head_seq.store(self.head.seq, Ordering::Relaxed);
+        self.pending.publish(&self.shared);
         Ok(results)
     }
 }
@@ -200,6 +254,7 @@ impl Writer {
 fn write_commit(
     tx: &rusqlite::Transaction<'_>,
     head: &mut Head,
+    pending: &mut Pending,
     commit: &Commit,
 ) -> Result<Receipt, Error> {
     let mut receipt = Receipt {
@@ -274,16 +329,31 @@ fn write_commit(
                 stream,
                 kind,
                 due_at_ms,
-            } => tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO timers (stream, kind, due_at_ms) VALUES (?1, ?2, ?3)",
-                )
-                .and_then(|mut st| st.execute(params![stream, kind, due_at_ms])),
-            TimerWrite::Cancel { stream, kind } => tx
-                .prepare_cached("DELETE FROM timers WHERE stream = ?1 AND kind = ?2")
-                .and_then(|mut st| st.execute(params![stream, kind])),
+            } => {
+                // A reschedule updates the row; only a new timer is inserted and counted.
+                let moved = tx
+                    .prepare_cached(
+                        "UPDATE timers SET due_at_ms = ?3 WHERE stream = ?1 AND kind = ?2",
+                    )
+                    .and_then(|mut st| st.execute(params![stream, kind, due_at_ms]))
+                    .map_err(storage)?;
+                if moved == 0 {
+                    tx.prepare_cached(
+                        "INSERT INTO timers (stream, kind, due_at_ms) VALUES (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut st| st.execute(params![stream, kind, due_at_ms]))
+                    .map_err(storage)?;
+                    pending.timers += 1;
+                }
+            }
+            TimerWrite::Cancel { stream, kind } => {
+                let removed = tx
+                    .prepare_cached("DELETE FROM timers WHERE stream = ?1 AND kind = ?2")
+                    .and_then(|mut st| st.execute(params![stream, kind]))
+                    .map_err(storage)?;
+                pending.timers = pending.timers.saturating_sub(removed as u64);
+            }
         }
-        .map_err(storage)?;
     }
     for o in &commit.outbox {
         tx.prepare_cached(
@@ -291,6 +361,7 @@ fn write_commit(
         )
         .and_then(|mut st| st.execute(params![o.effect_key, o.stream, o.connector, o.body, checksum(&o.body), o.not_before_ms]))
         .map_err(|err| conflict_or_storage(err, || format!("effect {} is already queued", o.effect_key)))?;
+        pending.outbox += 1;
     }
     for u in &commit.outbox_updates {
         let changed = match u {
@@ -312,6 +383,9 @@ fn write_commit(
             return Err(Error::Conflict(format!(
                 "outbox row for {u:?} is not pending"
             )));
+        }
+        if !matches!(u, OutboxUpdate::Retry { .. }) {
+            pending.outbox = pending.outbox.saturating_sub(1); // done or dead: no longer pending
         }
     }
     for (table, writes) in [

@@ -546,3 +546,158 @@ fn a_new_store_takes_the_configured_page_size_and_an_older_file_keeps_its_own() 
     let history = store.stream_history("customer:t/c1", 0, 10).unwrap();
     assert_eq!(history.len(), 1);
 }
+
+/// `(timers, pending outbox rows)` counted row by row, beside the store's counters.
+fn counted(dir: &std::path::Path) -> (u64, u64) {
+    let conn = rusqlite::Connection::open(dir.join("marketgov.db")).unwrap();
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64;
+    (
+        count("SELECT COUNT(*) FROM timers"),
+        count("SELECT COUNT(*) FROM outbox WHERE state = 'pending'"),
+    )
+}
+
+fn counters(store: &SqliteStore) -> (u64, u64) {
+    let s = store.stats().unwrap();
+    (s.timers, s.outbox)
+}
+
+#[test]
+fn pending_counts_follow_every_change_through_failed_commits_failed_syncs_and_upgrades() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut pending_effects: Vec<String> = Vec::new();
+    let mut effect_no = 0u64;
+    {
+        let store = open(dir.path());
+        for round in 0..40 {
+            // Several commits queued at once share batches; one in four carries an update of an
+            // effect that is not pending, which fails that commit alone (nothing of it counts).
+            let mut acks = Vec::new();
+            let mut queued_effects = Vec::new();
+            for _ in 0..4 {
+                let mut c = Commit::default();
+                for _ in 0..next(4) {
+                    let stream = format!("s{}", next(5));
+                    let kind = format!("k{}", next(3));
+                    c.timers.push(if next(3) == 0 {
+                        TimerWrite::Cancel { stream, kind }
+                    } else {
+                        TimerWrite::Set {
+                            stream,
+                            kind,
+                            due_at_ms: next(1_000) as i64,
+                        }
+                    });
+                }
+                for _ in 0..next(3) {
+                    effect_no += 1;
+                    c.outbox.push(OutboxWrite {
+                        effect_key: format!("e{effect_no}"),
+                        stream: "s0".into(),
+                        connector: "payments".into(),
+                        body: b"{}".to_vec(),
+                        not_before_ms: 0,
+                    });
+                }
+                let failing = next(4) == 0;
+                if failing {
+                    c.outbox_updates.push(OutboxUpdate::Done {
+                        effect_key: "never-queued".into(),
+                    });
+                } else if let Some(i) = (!pending_effects.is_empty())
+                    .then(|| next(pending_effects.len() as u64) as usize)
+                {
+                    let effect_key = pending_effects.swap_remove(i);
+                    c.outbox_updates.push(match next(3) {
+                        0 => OutboxUpdate::Done { effect_key },
+                        1 => OutboxUpdate::Dead {
+                            effect_key,
+                            error: "gave up".into(),
+                        },
+                        _ => {
+                            pending_effects.push(effect_key.clone());
+                            OutboxUpdate::Retry {
+                                effect_key,
+                                attempts: 1,
+                                next_attempt_ms: 5,
+                                error: "later".into(),
+                            }
+                        }
+                    });
+                }
+                let keys: Vec<String> = c.outbox.iter().map(|o| o.effect_key.clone()).collect();
+                queued_effects.push((failing, keys));
+                acks.push((failing, store.commit(c).unwrap()));
+            }
+            for ((failing, ack), (_, keys)) in acks.into_iter().zip(queued_effects) {
+                let result = wait(ack);
+                assert_eq!(result.is_err(), failing, "round {round}: {result:?}");
+                if !failing {
+                    pending_effects.extend(keys);
+                }
+            }
+            assert_eq!(counters(&store), counted(dir.path()), "round {round}");
+            assert_eq!(counters(&store).1, pending_effects.len() as u64);
+        }
+    }
+    // The counts are durable: a reopened store starts from them.
+    let expected = counted(dir.path());
+    assert_eq!(counters(&open(dir.path())), expected);
+
+    // A batch whose sync is lost (rolled back) or fails after reaching the disk: after the
+    // restart the counters match the rows either way.
+    for mode in [FaultMode::LostSync, FaultMode::UnacknowledgedSync] {
+        {
+            let mut o = Options::new(dir.path());
+            o.fault = Some(FaultInjector::fail_batch(1, mode));
+            let store = SqliteStore::open(o).unwrap();
+            effect_no += 1;
+            let failed = wait(
+                store
+                    .commit(Commit {
+                        timers: vec![TimerWrite::Set {
+                            stream: format!("fault-{mode:?}"),
+                            kind: "k".into(),
+                            due_at_ms: 1,
+                        }],
+                        outbox: vec![OutboxWrite {
+                            effect_key: format!("e{effect_no}"),
+                            stream: "s0".into(),
+                            connector: "payments".into(),
+                            body: b"{}".to_vec(),
+                            not_before_ms: 0,
+                        }],
+                        ..Commit::default()
+                    })
+                    .unwrap(),
+            );
+            assert!(failed.is_err(), "{mode:?}");
+        }
+        let store = SqliteStore::open(Options::new(dir.path())).unwrap();
+        assert_eq!(counters(&store), counted(dir.path()), "{mode:?}");
+    }
+
+    // A store written before the counters existed (schema 2, no counter rows) is counted once
+    // when it is upgraded.
+    let before_upgrade = counted(dir.path());
+    assert!(
+        before_upgrade.0 > 0 && before_upgrade.1 > 0,
+        "{before_upgrade:?}"
+    );
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("marketgov.db")).unwrap();
+        conn.execute_batch(
+            "DELETE FROM meta WHERE key IN ('pending_timers', 'pending_outbox');
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    assert_eq!(counters(&open(dir.path())), before_upgrade);
+}
