@@ -46,18 +46,25 @@ impl App {
                 break;
             }
             let mut progressed = false;
-            for row in due {
-                let Ok(due_at) = Timestamp::from_millisecond(row.due_at_ms) else {
+            // Rows come ordered by deadline, then stream: the timers of one deadline fire
+            // together (one task per stream, its timers in order), deadlines one after another.
+            let mut rows = due.into_iter().peekable();
+            while let Some(first) = rows.next() {
+                let Ok(due_at) = Timestamp::from_millisecond(first.due_at_ms) else {
                     continue;
                 };
+                let mut group = vec![first];
+                while let Some(row) = rows.next_if(|r| r.due_at_ms == due_at.as_millisecond()) {
+                    group.push(row);
+                }
                 if step_clock && due_at > self.clock().now() {
                     // Fire at the deadline, like a process that was running all along.
                     self.clock().set_to(due_at);
                 }
-                if self.fire(&row, due_at).await? {
+                fired += group.len();
+                if self.fire_together(group, due_at).await? {
                     progressed = true;
                 }
-                fired += 1;
             }
             if !progressed {
                 // Nothing could be fired (all refused and removed, or unknown): stop, never spin.
@@ -65,6 +72,50 @@ impl App {
             }
         }
         Ok(fired)
+    }
+
+    /// Fires timers of one deadline (at most [`TIMERS_PER_ROUND_MAX`]) concurrently, one task per
+    /// stream, so their commits share batches like any other events; answers whether the store
+    /// changed. Every task is awaited before an error is returned.
+    async fn fire_together(&self, group: Vec<TimerRow>, due_at: Timestamp) -> Result<bool, Error> {
+        debug_assert!(group.len() <= TIMERS_PER_ROUND_MAX);
+        let mut by_stream: Vec<Vec<TimerRow>> = Vec::new();
+        for row in group {
+            match by_stream.last_mut() {
+                Some(rows) if rows.first().is_some_and(|r| r.stream == row.stream) => {
+                    rows.push(row)
+                }
+                _ => by_stream.push(vec![row]),
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for rows in by_stream {
+            let app = self.clone();
+            tasks.spawn(async move {
+                let mut changed = false;
+                for row in rows {
+                    changed |= app.fire(&row, due_at).await?;
+                }
+                Ok::<bool, Error>(changed)
+            });
+        }
+        let mut changed = false;
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(c)) => changed |= c,
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(Error::Setup(format!("a timer task failed: {e}")));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
     }
 
     /// Fires one stored timer; answers whether the store changed.

@@ -186,3 +186,61 @@ async fn the_system_clock_cannot_be_moved() {
     let app = App::open(EngineOptions::new(dir.path())).unwrap();
     assert!(app.advance_clock_to(at(0)).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_of_one_deadline_fire_together_and_deadlines_fire_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(at(0));
+    let app = App::open(options(dir.path(), &clock)).unwrap();
+    common::publish(&app, "t", "pro", 2000, false).await;
+    // Forty failed charges: twenty at 00:00 (retry due 01:00), twenty at 00:10 (due 01:10).
+    for i in 0..40 {
+        if i == 20 {
+            clock.set(at(600));
+        }
+        let c = format!("c{i}");
+        app.submit_event("t", None, common::subscribe(&c, "pro"))
+            .await
+            .unwrap();
+        let failed = app
+            .submit_event(
+                "t",
+                None,
+                event(json!({"type": "payment_failed", "customer_id": c, "reason": "card_declined", "payment_id": format!("x{i}")})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(failed.status, EventStatus::Completed);
+    }
+    let fired = app.advance_clock_to(at(2 * HOUR)).await.unwrap();
+    assert_eq!(fired, 40);
+    let mut fired_at = Vec::new();
+    for i in 0..40 {
+        let c = app.customer("t", &format!("c{i}")).await.unwrap().unwrap();
+        assert_eq!(
+            c.billing.state.as_str(),
+            "processing",
+            "c{i}: the retry ran once"
+        );
+        let history = app
+            .store()
+            .stream_history(&format!("customer:t/c{i}"), 0, 10)
+            .unwrap();
+        let firings: Vec<u64> = history
+            .iter()
+            .filter(|(_, e)| String::from_utf8_lossy(&e.bytes).contains("\"timer_fired\""))
+            .map(|(_, e)| e.seq)
+            .collect();
+        assert_eq!(firings.len(), 1, "c{i}");
+        fired_at.push(firings[0]);
+    }
+    // Every 01:00 firing is in the log before every 01:10 firing.
+    let first_deadline_last = fired_at[..20].iter().max().unwrap();
+    let second_deadline_first = fired_at[20..].iter().min().unwrap();
+    assert!(first_deadline_last < second_deadline_first, "{fired_at:?}");
+    assert!(app
+        .store()
+        .due_timers(at(2 * HOUR).as_millisecond(), 10)
+        .unwrap()
+        .is_empty());
+}
