@@ -6,7 +6,12 @@
 //! with the same idempotency key, which must come back marked as a replay; the same payment
 //! again under a new key, which the billing governor must absorb; usage over quota; an upgrade
 //! with proration; its payment; a renewal; for one in ten a failed payment that starts the retry
-//! schedule; cancel); customers run concurrently. Every answer is checked against what its step
+//! schedule; cancel); customers run concurrently. In process, the failed payments then climb the
+//! whole retry schedule: the bench moves its manual clock past each wait (1 h, 3 h, 1 day), the
+//! engine's timers fire the retries (their firings are counted as events), the processor reports
+//! each retry failed until the customer is in collections (checked), then the customer pays and
+//! cancels. Over HTTP the server's clock is real and its connectors settle charges themselves, so
+//! a failed payment is followed by the cancel there. Every answer is checked against what its step
 //! must produce, so speed never hides wrong answers: a wrong one is counted by kind and makes the
 //! command fail. Connectors do not run in process: this measures deciding and committing.
 //!
@@ -65,11 +70,53 @@ fn rng(seed: u64, customer: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `connectors_live`: a server's connectors run beside the workload (over HTTP), so the sandbox
-/// may settle the renewal invoice before the failed payment arrives, which then refuses it.
-fn script(seed: u64, c: &str, i: usize, connectors_live: bool) -> Result<Vec<Step>, InputError> {
+/// Which part of the workload a pass over the customers runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Each customer's lifecycle; with the retry ladder, the customers whose payment fails stop
+    /// at that failure (their retry timer pending).
+    Lifecycle,
+    /// After the clock has moved past the k-th retry's wait (1 h, 3 h, 1 day) and the timer
+    /// has fired the retry (`processing`): the processor reports that attempt k+1 failed too.
+    Rung(u8),
+    /// The customer in collections pays what is due, then cancels.
+    Settle,
+}
+
+/// The waits of the retry ladder the clock is moved through before each [`Pass::Rung`], in
+/// seconds (SPEC 2.2: 1 h, 3 h, 1 day).
+const LADDER_WAITS_SECONDS: [i64; 3] = [3_600, 3 * 3_600, 24 * 3_600];
+
+/// The passes of a run: with the ladder (in process, on the bench's manual clock), failed
+/// payments climb the whole retry schedule through the engine's timers.
+fn passes(ladder: bool) -> Vec<Pass> {
+    if ladder {
+        vec![
+            Pass::Lifecycle,
+            Pass::Rung(1),
+            Pass::Rung(2),
+            Pass::Rung(3),
+            Pass::Settle,
+        ]
+    } else {
+        vec![Pass::Lifecycle]
+    }
+}
+
+/// Customer `i`'s steps in `pass`. `connectors_live`: a server's connectors run beside the
+/// workload (over HTTP), so the sandbox may settle the renewal invoice before the failed payment
+/// arrives, which then refuses it. `ladder`: failed payments go on through the retry passes.
+fn script(
+    seed: u64,
+    c: &str,
+    i: usize,
+    connectors_live: bool,
+    pass: Pass,
+    ladder: bool,
+) -> Result<Vec<Step>, InputError> {
     use EventStatus as S;
     let r = rng(seed, i);
+    let fails = r.is_multiple_of(10);
     let ok: &'static [EventStatus] = &[S::Completed];
     let id = CustomerId::new(c)?;
     let usd = Currency::new("USD")?;
@@ -91,6 +138,30 @@ fn script(seed: u64, c: &str, i: usize, connectors_live: bool) -> Result<Vec<Ste
             payment_id: PaymentId::new(format!("{c}-{n}"))?,
         })
     };
+    let cancel = || {
+        step(
+            EventKind::CustomerCancels {
+                reason: None,
+                at_period_end: false,
+            },
+            ok,
+        )
+    };
+    match pass {
+        Pass::Lifecycle => {}
+        Pass::Rung(_) | Pass::Settle if !(ladder && fails) => return Ok(Vec::new()),
+        Pass::Rung(k) => {
+            return Ok(vec![step(
+                EventKind::PaymentFailed {
+                    reason: "card_declined".into(),
+                    payment_id: PaymentId::new(format!("{c}-f{}", k + 1))?,
+                    hard_decline: false,
+                },
+                ok,
+            )])
+        }
+        Pass::Settle => return Ok(vec![step(payment(2000, "p3")?, ok), cancel()]),
+    }
     let mut steps = vec![
         step(
             EventKind::CustomerSubscribes {
@@ -130,7 +201,7 @@ fn script(seed: u64, c: &str, i: usize, connectors_live: bool) -> Result<Vec<Ste
             ok,
         ),
     ];
-    if r.is_multiple_of(10) {
+    if fails {
         steps.push(step(
             EventKind::PaymentFailed {
                 reason: "card_declined".into(),
@@ -143,14 +214,11 @@ fn script(seed: u64, c: &str, i: usize, connectors_live: bool) -> Result<Vec<Ste
                 ok
             },
         ));
+        if ladder {
+            return Ok(steps); // the retry passes go on from here
+        }
     }
-    steps.push(step(
-        EventKind::CustomerCancels {
-            reason: None,
-            at_period_end: false,
-        },
-        ok,
-    ));
+    steps.push(cancel());
     Ok(steps)
 }
 
@@ -470,9 +538,16 @@ async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
                 .unwrap_or(0)
         ),
     };
-    let total_events: usize = (0..settings.customers)
-        .map(|i| script(settings.seed, "c", i, false).map(|s| s.len()))
-        .sum::<Result<usize, _>>()?;
+    // The retry ladder needs the bench's own clock: in process only (a server's clock is real
+    // and its connectors settle the retries themselves).
+    let ladder = matches!(client, Client::InProc(_));
+    let passes = passes(ladder);
+    let mut total_events = 0usize;
+    for pass in &passes {
+        for i in 0..settings.customers {
+            total_events += script(settings.seed, "c", i, false, *pass, ladder)?.len();
+        }
+    }
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Histogram::new()));
@@ -507,78 +582,113 @@ async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
             }
         })
     };
-    let mut workers = Vec::new();
-    for _ in 0..settings.concurrency.max(1) {
-        let (client, next, done, latencies, errors, pacer, prefix) = (
-            client.clone(),
-            next.clone(),
-            done.clone(),
-            latencies.clone(),
-            errors.clone(),
-            pacer.clone(),
-            prefix.clone(),
-        );
-        let (customers, seed) = (settings.customers, settings.seed);
-        let live = matches!(client, Client::Http(_));
-        workers.push(tokio::spawn(async move {
-            let mut mine = Histogram::new();
-            let mut conn = None;
-            let mut wrong = std::collections::BTreeMap::<String, u64>::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= customers {
-                    break;
-                }
-                let customer = format!("{prefix}-{i}");
-                let mut previous: Option<(String, EventStatus)> = None;
-                let Ok(steps) = script(seed, &customer, i, live) else {
-                    *wrong
-                        .entry("bench_built_an_invalid_event".into())
-                        .or_default() += 1;
-                    continue;
-                };
-                for (n, step) in steps.into_iter().enumerate() {
-                    let key = match (&previous, step.replays_previous) {
-                        (Some((key, _)), true) => key.clone(),
-                        _ => format!("{customer}-{n}"),
-                    };
-                    let sent = match &pacer {
-                        Some(p) => p.slot().await,
-                        None => Instant::now(),
-                    };
-                    let answer = client.submit(&mut conn, &key, &step.event).await;
-                    mine.record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
-                    done.fetch_add(1, Ordering::Relaxed);
-                    let problem = match &answer {
-                        Err(kind) => Some(kind.clone()),
-                        Ok(a) if step.replays_previous => match &previous {
-                            Some((_, status)) if a.replayed && a.status == *status => None,
-                            _ => Some(format!("replay_not_marked_at_step_{n}")),
-                        },
-                        Ok(a) if a.replayed => Some(format!("unexpected_replay_at_step_{n}")),
-                        Ok(a) if step.allowed.contains(&a.status) => None,
-                        Ok(a) => Some(format!("unexpected_status_{}_at_step_{n}", a.status.name())),
-                    };
-                    if let Some(kind) = problem {
-                        *wrong.entry(kind).or_default() += 1;
+    let mut timer_firings = 0usize;
+    for pass in passes {
+        if let (Pass::Rung(k), Client::InProc(app)) = (pass, &client) {
+            // The clock moves past the retry's wait; the engine fires every due timer on the way.
+            let wait = LADDER_WAITS_SECONDS[usize::from(k.saturating_sub(1)).min(2)];
+            let to = app
+                .clock()
+                .now()
+                .checked_add(jiff::SignedDuration::from_secs(wait))?;
+            timer_firings += app.advance_clock_to(to).await?;
+        }
+        next.store(0, Ordering::Relaxed);
+        let mut workers = Vec::new();
+        for _ in 0..settings.concurrency.max(1) {
+            let (client, next, done, latencies, errors, pacer, prefix) = (
+                client.clone(),
+                next.clone(),
+                done.clone(),
+                latencies.clone(),
+                errors.clone(),
+                pacer.clone(),
+                prefix.clone(),
+            );
+            let (customers, seed) = (settings.customers, settings.seed);
+            let live = matches!(client, Client::Http(_));
+            workers.push(tokio::spawn(async move {
+                let mut mine = Histogram::new();
+                let mut conn = None;
+                let mut wrong = std::collections::BTreeMap::<String, u64>::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= customers {
+                        break;
                     }
-                    if let Ok(a) = &answer {
-                        previous = Some((key, a.status));
+                    let customer = format!("{prefix}-{i}");
+                    let mut previous: Option<(String, EventStatus)> = None;
+                    let Ok(steps) = script(seed, &customer, i, live, pass, ladder) else {
+                        *wrong
+                            .entry("bench_built_an_invalid_event".into())
+                            .or_default() += 1;
+                        continue;
+                    };
+                    for (n, step) in steps.into_iter().enumerate() {
+                        let key = match (&previous, step.replays_previous) {
+                            (Some((key, _)), true) => key.clone(),
+                            _ => match pass {
+                                Pass::Lifecycle => format!("{customer}-{n}"),
+                                Pass::Rung(k) => format!("{customer}-retry{k}-{n}"),
+                                Pass::Settle => format!("{customer}-settle-{n}"),
+                            },
+                        };
+                        let sent = match &pacer {
+                            Some(p) => p.slot().await,
+                            None => Instant::now(),
+                        };
+                        let answer = client.submit(&mut conn, &key, &step.event).await;
+                        mine.record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
+                        done.fetch_add(1, Ordering::Relaxed);
+                        let problem = match &answer {
+                            Err(kind) => Some(kind.clone()),
+                            Ok(a) if step.replays_previous => match &previous {
+                                Some((_, status)) if a.replayed && a.status == *status => None,
+                                _ => Some(format!("replay_not_marked_at_step_{n}")),
+                            },
+                            Ok(a) if a.replayed => Some(format!("unexpected_replay_at_step_{n}")),
+                            Ok(a) if step.allowed.contains(&a.status) => None,
+                            Ok(a) => {
+                                Some(format!("unexpected_status_{}_at_step_{n}", a.status.name()))
+                            }
+                        };
+                        if let Some(kind) = problem {
+                            *wrong.entry(kind).or_default() += 1;
+                        }
+                        if let Ok(a) = &answer {
+                            previous = Some((key, a.status));
+                        }
                     }
                 }
-            }
-            if let Ok(mut all) = latencies.lock() {
-                all.merge(&mine);
-            }
-            if let Ok(mut all) = errors.lock() {
-                for (kind, n) in wrong {
-                    *all.entry(kind).or_default() += n;
+                if let Ok(mut all) = latencies.lock() {
+                    all.merge(&mine);
+                }
+                if let Ok(mut all) = errors.lock() {
+                    for (kind, n) in wrong {
+                        *all.entry(kind).or_default() += n;
+                    }
+                }
+            }));
+        }
+        for w in workers {
+            w.await?;
+        }
+        if let (Pass::Rung(3), Client::InProc(app)) = (pass, &client) {
+            // Collections is reachable only through every rung: each timer fired its retry once.
+            let mut missed = 0u64;
+            for i in (0..settings.customers).filter(|i| rng(settings.seed, *i).is_multiple_of(10)) {
+                let state = app.customer(TENANT, &format!("{prefix}-{i}")).await?;
+                if state.map(|c| c.billing.state.as_str()) != Some("collections") {
+                    missed += 1;
                 }
             }
-        }));
-    }
-    for w in workers {
-        w.await?;
+            if missed > 0 {
+                if let Ok(mut all) = errors.lock() {
+                    *all.entry("retry_ladder_did_not_reach_collections".into())
+                        .or_default() += missed;
+                }
+            }
+        }
     }
     let elapsed = started.elapsed();
     progress.abort();
@@ -597,6 +707,8 @@ async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
     let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
     let measured = Measured {
         elapsed,
+        timer_firings: timer_firings as u64,
+        retry_ladder: ladder,
         latency: lat,
         durable,
         errors,
@@ -617,6 +729,10 @@ async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
 /// What the workers and the engine recorded during one run.
 struct Measured {
     elapsed: Duration,
+    /// Events the engine's timers fired while the clock moved through the retry ladder.
+    timer_firings: u64,
+    /// Whether failed payments climbed the whole retry schedule (in process).
+    retry_ladder: bool,
     /// From each event's send (or scheduled send, when paced) to its answer.
     latency: Histogram,
     /// The engine's decision-to-durable record of this run (in process only).
@@ -634,6 +750,8 @@ fn report(
 ) -> Value {
     let Measured {
         elapsed,
+        timer_firings,
+        retry_ladder,
         latency: lat,
         durable,
         errors,
@@ -645,7 +763,9 @@ fn report(
             .unwrap_or(0)
     };
     let delta = |path: &[&str]| n(after, path).saturating_sub(n(before, path));
-    let events = lat.total();
+    // Requests answered, plus the events the engine's timers fired: both are decided and logged.
+    let requests = lat.total();
+    let events = requests + timer_firings;
     let commits = delta(&["commits"]);
     let batches = delta(&["commit_batches"]).max(1);
     let decide = delta(&["timing_nanos", "decide"]);
@@ -665,6 +785,9 @@ fn report(
         "shards": if mode == "inproc" { json!(settings.shards) } else { Value::Null },
         "seed": settings.seed,
         "events": events,
+        "requests": requests,
+        "timer_firings": timer_firings,
+        "retry_ladder": retry_ladder,
         "seconds": elapsed.as_secs_f64(),
         "events_per_second": events as f64 / elapsed.as_secs_f64().max(1e-9),
         "latency_us": {"p50": lat.quantile(0.50), "p95": lat.quantile(0.95), "p99": lat.quantile(0.99),
@@ -715,11 +838,19 @@ fn print_summary(out: &mut impl Write, r: &Value) -> std::io::Result<()> {
     )?;
     writeln!(
         out,
-        "  {} events in {:.2} s: {:.0} events/s",
+        "  {} events ({} requests, {} timer firings) in {:.2} s: {:.0} events/s",
         r["events"],
+        r["requests"],
+        r["timer_firings"],
         f("seconds"),
         f("events_per_second")
     )?;
+    if r["retry_ladder"] == true {
+        writeln!(
+            out,
+            "  failed payments climbed the retry ladder (1 h, 3 h, 1 day) on the bench's clock"
+        )?;
+    }
     writeln!(
         out,
         "  latency p50 {} us, p95 {} us, p99 {} us, p99.9 {} us, max {} us",
