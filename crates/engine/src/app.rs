@@ -7,7 +7,7 @@ use marketgov_audit::{Hash, Report, Verifier};
 use marketgov_core::governors::product_catalog::Product;
 use marketgov_core::ids::Sku;
 use marketgov_core::orchestrator::{EventContext, EventStatus};
-use marketgov_core::{CatalogCommand, Customer, CustomerEvent, Input};
+use marketgov_core::{CatalogCommand, Customer, CustomerEvent};
 use marketgov_store::Store;
 use marketgov_store_sqlite::{Options as StoreOptions, SqliteStore};
 use serde::Serialize;
@@ -353,8 +353,7 @@ impl App {
         event: CustomerEvent,
     ) -> Result<Reply, Error> {
         event.validate()?;
-        let input = Input::Customer(event.clone());
-        let (claim, _guard) = match self.claim(tenant, key, "events", &input)? {
+        let (claim, _guard) = match self.claim(tenant, key, "events", &event)? {
             Claimed::Replay(reply) => return Ok(reply),
             Claimed::New(claim, guard) => (claim, guard),
             Claimed::None => (None, None),
@@ -383,8 +382,7 @@ impl App {
         command: CatalogCommand,
     ) -> Result<Reply, Error> {
         command.validate()?;
-        let input = Input::Catalog(command.clone());
-        let (claim, _guard) = match self.claim(tenant, key, "catalog", &input)? {
+        let (claim, _guard) = match self.claim(tenant, key, "catalog", &command)? {
             Claimed::Replay(reply) => return Ok(reply),
             Claimed::New(claim, guard) => (claim, guard),
             Claimed::None => (None, None),
@@ -411,7 +409,7 @@ impl App {
         tenant: &str,
         key: Option<&str>,
         operation: &'static str,
-        input: &Input,
+        input: &impl Serialize,
     ) -> Result<Claimed, Error> {
         let Some(key) = key else {
             return Ok(Claimed::None);
@@ -648,7 +646,10 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-fn fingerprint(operation: &str, input: &Input) -> Result<[u8; 32], Error> {
+/// The content an idempotency key is bound to. `input` is the event or command itself: its JSON
+/// is the same as that of the [`marketgov_core::Input`] holding it (an untagged enum), which is what stored
+/// records were fingerprinted from (a test compares the two).
+fn fingerprint(operation: &str, input: &impl Serialize) -> Result<[u8; 32], Error> {
     let bytes = serde_json::to_vec(input).map_err(|e| Error::Setup(e.to_string()))?;
     let mut h = Sha256::new();
     h.update(operation.as_bytes());
@@ -662,6 +663,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::Reply;
     use marketgov_core::orchestrator::EventStatus;
+
+    #[test]
+    fn a_fingerprint_of_the_event_is_that_of_the_input_holding_it() {
+        let event: marketgov_core::CustomerEvent = serde_json::from_value(serde_json::json!(
+            {"type": "customer_subscribes", "customer_id": "c1", "sku": "pro"}
+        ))
+        .unwrap();
+        assert_eq!(
+            super::fingerprint("events", &event).unwrap(),
+            super::fingerprint("events", &marketgov_core::Input::Customer(event.clone())).unwrap()
+        );
+        let command: marketgov_core::CatalogCommand = serde_json::from_value(serde_json::json!(
+            {"type": "product_published", "sku": "pro", "expected_version": 1}
+        ))
+        .unwrap();
+        assert_eq!(
+            super::fingerprint("catalog", &command).unwrap(),
+            super::fingerprint("catalog", &marketgov_core::Input::Catalog(command.clone()))
+                .unwrap()
+        );
+    }
 
     #[test]
     fn the_receipt_is_added_to_the_result_object_as_valid_json() {
