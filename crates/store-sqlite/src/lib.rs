@@ -59,6 +59,11 @@ pub const PAGE_SIZE_BYTES: u32 = 8_192;
 /// stalled commits by 100-400 ms even at light load.)
 pub const WRITER_CHECKPOINT_PAGES: u32 = (16 << 20) / PAGE_SIZE_BYTES;
 
+/// The page of due timers the timer service reads, in firing order. Served by the index
+/// `timers_due` in that order (schema migration 4): a page costs its own rows, not a sort of
+/// every timer sharing its deadline (a test checks the plan).
+pub const DUE_TIMERS_SQL: &str = "SELECT stream, kind, due_at_ms FROM timers WHERE due_at_ms <= ?1 ORDER BY due_at_ms, stream, kind LIMIT ?2";
+
 /// Read connections: reads (stream loads, idempotency lookups, queries) from different tasks run
 /// side by side instead of queueing on one connection.
 pub const READERS: usize = 4;
@@ -519,9 +524,7 @@ impl Store for SqliteStore {
 
     fn due_timers(&self, until_ms: i64, limit: usize) -> Result<Vec<TimerRow>, Error> {
         let conn = self.reader()?;
-        let mut st = conn
-            .prepare_cached("SELECT stream, kind, due_at_ms FROM timers WHERE due_at_ms <= ?1 ORDER BY due_at_ms, stream, kind LIMIT ?2")
-            .map_err(storage)?;
+        let mut st = conn.prepare_cached(DUE_TIMERS_SQL).map_err(storage)?;
         let rows = st
             .query_map(params![until_ms, limit as i64], |r| {
                 Ok(TimerRow {

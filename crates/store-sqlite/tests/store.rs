@@ -701,3 +701,54 @@ fn pending_counts_follow_every_change_through_failed_commits_failed_syncs_and_up
     }
     assert_eq!(counters(&open(dir.path())), before_upgrade);
 }
+
+#[test]
+fn due_timers_sharing_a_deadline_are_paged_in_order_without_sorting_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // 600 timers share one deadline (as when many customers' retries were set at one instant).
+    let timers: Vec<TimerWrite> = (0..600)
+        .rev()
+        .map(|i| TimerWrite::Set {
+            stream: format!("customer:t/c{i:03}"),
+            kind: "payment_retry".into(),
+            due_at_ms: 3_600_000,
+        })
+        .chain([TimerWrite::Set {
+            stream: "customer:t/early".into(),
+            kind: "payment_retry".into(),
+            due_at_ms: 1_000,
+        }])
+        .collect();
+    wait(
+        store
+            .commit(Commit {
+                timers,
+                ..Commit::default()
+            })
+            .unwrap(),
+    )
+    .unwrap();
+    let page = store.due_timers(i64::MAX, 256).unwrap();
+    assert_eq!(page.len(), 256);
+    assert_eq!(page[0].stream, "customer:t/early");
+    assert_eq!(page[1].stream, "customer:t/c000");
+    assert_eq!(page[255].stream, "customer:t/c254");
+    // The page is read from the index in that order: no sort over all 600.
+    let conn = rusqlite::Connection::open(dir.path().join("marketgov.db")).unwrap();
+    let plan: Vec<String> = conn
+        .prepare(&format!(
+            "EXPLAIN QUERY PLAN {}",
+            marketgov_store_sqlite::DUE_TIMERS_SQL
+        ))
+        .unwrap()
+        .query_map(rusqlite::params![i64::MAX, 256], |r| r.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        plan.iter().any(|p| p.contains("timers_due"))
+            && !plan.iter().any(|p| p.contains("TEMP B-TREE")),
+        "{plan:?}"
+    );
+}
