@@ -17,12 +17,16 @@ const SUB_BUCKETS: u64 = 128;
 /// log2 of `SUB_BUCKETS`.
 const SUB_BITS: u64 = 7;
 
-fn bucket(v: u64) -> usize {
-    let v = v.min(LATENCY_MICROS_MAX);
+const fn bucket(v: u64) -> usize {
+    let v = if v < LATENCY_MICROS_MAX {
+        v
+    } else {
+        LATENCY_MICROS_MAX
+    };
     if v < EXACT {
         return v as usize;
     }
-    let top = 63 - u64::from(v.leading_zeros()); // >= SUB_BITS + 1
+    let top = 63 - v.leading_zeros() as u64; // >= SUB_BITS + 1
     let shift = top - SUB_BITS;
     (EXACT + (top - SUB_BITS - 1) * SUB_BUCKETS + ((v >> shift) & (SUB_BUCKETS - 1))) as usize
 }
@@ -38,11 +42,7 @@ fn floor(b: usize) -> u64 {
     (SUB_BUCKETS + mantissa) << (top - SUB_BITS)
 }
 
-const BUCKETS: usize = {
-    // bucket(LATENCY_MICROS_MAX) + 1, computed the same way in a const context.
-    let top = 63 - LATENCY_MICROS_MAX.leading_zeros() as u64;
-    (EXACT + (top - SUB_BITS - 1) * SUB_BUCKETS + SUB_BUCKETS) as usize
-};
+const BUCKETS: usize = bucket(LATENCY_MICROS_MAX) + 1;
 
 /// Microsecond latencies of one owner.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,7 +34,11 @@ pub(crate) struct RecentReply {
 
 #[derive(Debug, Default)]
 struct Entries {
-    by_key: HashMap<(String, String), (u64, RecentReply)>,
+    /// By tenant, then key: a lookup by borrowed `&str`s allocates nothing (it runs for every
+    /// keyed request).
+    by_key: HashMap<String, HashMap<String, (u64, RecentReply)>>,
+    /// Answers held, all tenants together.
+    held: usize,
     /// Keys in insertion order with the generation they were inserted at: a key answered again
     /// after its record expired is re-inserted, and only its newest generation is evicted.
     order: VecDeque<((String, String), u64)>,
@@ -70,21 +74,35 @@ impl RecentReplies {
         };
         e.generation += 1;
         let generation = e.generation;
-        let k = (tenant.to_owned(), key.to_owned());
-        e.order.push_back((k.clone(), generation));
-        e.by_key.insert(k, (generation, reply));
+        e.order
+            .push_back(((tenant.to_owned(), key.to_owned()), generation));
+        let replaced = e
+            .by_key
+            .entry(tenant.to_owned())
+            .or_default()
+            .insert(key.to_owned(), (generation, reply));
+        if replaced.is_none() {
+            e.held += 1;
+        }
         while e.order.len() > self.capacity {
-            let Some((old, old_generation)) = e.order.pop_front() else {
+            let Some(((old_tenant, old_key), old_generation)) = e.order.pop_front() else {
                 break;
             };
-            if e.by_key
-                .get(&old)
+            let Some(keys) = e.by_key.get_mut(&old_tenant) else {
+                continue;
+            };
+            if keys
+                .get(&old_key)
                 .is_some_and(|(g, _)| *g == old_generation)
             {
-                e.by_key.remove(&old);
+                keys.remove(&old_key);
+                if keys.is_empty() {
+                    e.by_key.remove(&old_tenant);
+                }
+                e.held -= 1;
             }
         }
-        debug_assert!(e.by_key.len() <= self.capacity);
+        debug_assert!(e.held <= self.capacity);
     }
 
     /// The stored answer to a repeat of `(tenant, key)`, marked as a replay: `Ok(None)` when the
@@ -102,8 +120,7 @@ impl RecentReplies {
         let Ok(e) = self.entries.lock() else {
             return Ok(None);
         };
-        // The map is keyed by owned strings; a lookup by borrowed pair needs this one allocation.
-        let Some((_, r)) = e.by_key.get(&(tenant.to_owned(), key.to_owned())) else {
+        let Some((_, r)) = e.by_key.get(tenant).and_then(|keys| keys.get(key)) else {
             return Ok(None);
         };
         if now_ms - r.created_at_ms >= window_ms {
@@ -124,7 +141,7 @@ impl RecentReplies {
 
     /// Answers held now.
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.by_key.len()).unwrap_or(0)
+        self.entries.lock().map(|e| e.held).unwrap_or(0)
     }
 
     /// Repeats answered from memory since start.
