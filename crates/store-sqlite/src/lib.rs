@@ -1,10 +1,20 @@
 //! # marketgov-store-sqlite
 //!
 //! The embedded store: one directory holding a SQLite database (bundled library, no server) in
-//! WAL mode with `synchronous=FULL`, so a commit returns only once its WAL frames are synced. One
-//! writer thread owns the write connection and group-commits: every commit queued while the last
-//! sync ran shares the next transaction and the next sync, and each caller is acknowledged only
-//! after that sync. Reads use their own connection and see only committed data.
+//! WAL mode. One writer thread owns the write connection and group-commits: every commit queued
+//! while the last batch was written shares the next transaction. A committed batch goes to the
+//! sync thread, which syncs the WAL (`fdatasync`) and only then acknowledges its callers, while
+//! the writer writes the next batch (SQLite runs at `synchronous=NORMAL`: its commits write the
+//! WAL, its checkpoints sync; every acknowledgement waits for the sync thread's sync).
+//!
+//! Reads use their own connections. A reader can see a batch that is committed and not yet
+//! durable, so every read that answers a caller is held to the durable state: audit entries,
+//! stream history and checkpoints are capped at the durable head, effects at the durable outbox
+//! row, and a found idempotency record or versioned record is returned only once every batch
+//! visible at the end of the read is durable (`Shared::wait_durable`; at most about one sync).
+//! Timers and stream names are read as committed: a timer fires through its stream's shard, which
+//! holds work for a stream until that stream's commit is acknowledged, and stream names only feed
+//! the engine's may-contain filter.
 //!
 //! **What it owns:** the schema and its migrations, the group-commit writer, the directory lock,
 //! checksums of stored blobs and the audit chain's hashes, verified on read. **What it must not
@@ -16,13 +26,14 @@
 //! re-verified.
 
 mod schema;
+mod syncer;
 mod writer;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use marketgov_audit::{entry_hash, CheckpointSigner, Entry, Hash, Head};
@@ -38,7 +49,8 @@ pub use schema::SCHEMA_VERSION;
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sync {
-    /// Every commit's WAL frames are synced before it returns (the default; the only safe one).
+    /// Every commit's WAL frames are synced before it is acknowledged (the default; the only
+    /// safe one).
     Full,
     /// WAL synced only at checkpoints: a power loss can lose acknowledged commits.
     Normal,
@@ -105,7 +117,7 @@ pub struct Options {
     /// Audit entries at the tail of the log re-verified on open (0: none, for `audit verify`,
     /// which checks everything itself and names what it finds).
     pub verify_tail_entries: u64,
-    /// Test seam: makes chosen batches fail at the sync.
+    /// Test seam: makes chosen batches fail (or wait) at the sync.
     pub fault: Option<Arc<FaultInjector>>,
 }
 
@@ -133,8 +145,9 @@ pub enum FaultMode {
     LostSync,
     /// The batch reaches the disk but the writer is told the sync failed.
     UnacknowledgedSync,
-    /// The batch waits before its sync until [`FaultInjector::release`], then commits normally:
-    /// its commits stay in flight, unacknowledged, for as long as a test needs.
+    /// The batch is committed, then waits before its sync until [`FaultInjector::release`]: its
+    /// commits stay in flight, visible to readers but not durable and unacknowledged, for as long
+    /// as a test needs.
     Held,
 }
 
@@ -177,7 +190,7 @@ impl FaultInjector {
         self.holding.load(Ordering::SeqCst)
     }
 
-    /// Blocks the writer until [`FaultInjector::release`].
+    /// Blocks the sync thread until [`FaultInjector::release`].
     fn wait_released(&self) {
         let Ok(mut released) = self.released.lock() else {
             return;
@@ -198,17 +211,28 @@ impl FaultInjector {
     }
 }
 
-/// State shared by the writer and the handle.
+/// How often a read held to the durable state looks again whether the store stopped.
+const DURABLE_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// State shared by the writer, the sync thread and the handle.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     stopped: Mutex<Option<String>>,
     queued: AtomicUsize,
     commits: AtomicU64,
     batches: AtomicU64,
+    /// The durable audit head (published by the sync thread).
     head_seq: AtomicU64,
+    /// The highest durable outbox row id (rows are never deleted, so ids only grow).
+    outbox_id_durable: AtomicI64,
     /// Durable counts of stored timers and pending outbox rows (see [`writer::Pending`]).
     pending_timers: AtomicU64,
     pending_outbox: AtomicU64,
+    /// Batches that may be visible to readers: counted by the writer just before each `COMMIT`.
+    batches_visible: AtomicU64,
+    /// Of those, the last one synced (batches are synced in order).
+    batch_durable: Mutex<u64>,
+    batch_durable_changed: Condvar,
 }
 
 impl Shared {
@@ -216,6 +240,51 @@ impl Shared {
         if let Ok(mut stopped) = self.stopped.lock() {
             stopped.get_or_insert_with(|| reason.to_owned());
         }
+        self.durable_changed();
+    }
+
+    /// Counts a batch as visible; called just before its `COMMIT`, so a reader that saw it then
+    /// finds it counted.
+    fn batch_becomes_visible(&self) -> u64 {
+        self.batches_visible.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The last batch synced.
+    fn durable_batch(&self) -> u64 {
+        self.batch_durable.lock().map_or(0, |d| *d)
+    }
+
+    fn set_durable_batch(&self, batch: u64) {
+        if let Ok(mut durable) = self.batch_durable.lock() {
+            *durable = (*durable).max(batch);
+        }
+    }
+
+    fn durable_changed(&self) {
+        // Taking the lock orders the notice after any waiter's check.
+        drop(self.batch_durable.lock());
+        self.batch_durable_changed.notify_all();
+    }
+
+    /// Waits until everything a read that just ended could have seen is durable: every batch
+    /// counted visible by now. Fails if the store stops first (what was seen may never be).
+    fn wait_durable(&self) -> Result<(), Error> {
+        let seen = self.batches_visible.load(Ordering::SeqCst);
+        let mut durable = self
+            .batch_durable
+            .lock()
+            .map_err(|_| Error::Storage("durable state poisoned".into()))?;
+        while *durable < seen {
+            if let Some(reason) = self.stopped_reason() {
+                return Err(Error::Stopped { reason });
+            }
+            durable = self
+                .batch_durable_changed
+                .wait_timeout(durable, DURABLE_WAIT_POLL)
+                .map_err(|_| Error::Storage("durable state poisoned".into()))?
+                .0;
+        }
+        Ok(())
     }
 
     fn stopped_reason(&self) -> Option<String> {
@@ -229,7 +298,7 @@ impl Shared {
 /// The embedded store.
 #[derive(Debug)]
 pub struct SqliteStore {
-    tx: Option<SyncSender<writer::Request>>,
+    tx: Option<SyncSender<writer::Inbound>>,
     /// Read connections (WAL readers see the last committed state and never block the writer).
     readers: Vec<Mutex<Connection>>,
     reader_turn: AtomicUsize,
@@ -263,9 +332,10 @@ impl SqliteStore {
 
         let path = options.dir.join("marketgov.db");
         let mut conn = Connection::open(&path).map_err(storage)?;
+        // `Sync::Full` runs SQLite at NORMAL (in WAL mode: a commit writes its WAL frames, a
+        // checkpoint syncs) and the sync thread syncs the WAL before any caller is answered.
         let sync = match options.sync {
-            Sync::Full => "FULL",
-            Sync::Normal => "NORMAL",
+            Sync::Full | Sync::Normal => "NORMAL",
             Sync::Off => "OFF",
         };
         conn.execute_batch(&format!(
@@ -279,7 +349,7 @@ impl SqliteStore {
         let synchronous: i64 = conn
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .map_err(storage)?;
-        if options.sync == Sync::Full && (!journal.eq_ignore_ascii_case("wal") || synchronous != 2)
+        if options.sync == Sync::Full && (!journal.eq_ignore_ascii_case("wal") || synchronous != 1)
         {
             return Err(Error::UnsafeSetting(format!(
                 "database reports journal {journal}, synchronous {synchronous}"
@@ -309,14 +379,39 @@ impl SqliteStore {
         }
 
         let pending = writer::Pending::read(&conn)?;
+        let outbox_id_max: i64 = conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM outbox", [], |r| r.get(0))
+            .map_err(storage)?;
+        let wal = open_wal(&options.dir, &path)?;
+        // Everything stored before this open is durable.
         let shared = Arc::new(Shared::default());
-        shared.head_seq.store(head.seq, Ordering::Relaxed);
+        shared.head_seq.store(head.seq, Ordering::SeqCst);
+        shared
+            .outbox_id_durable
+            .store(outbox_id_max, Ordering::SeqCst);
         pending.publish(&shared);
+        let (to_sync, from_writer) = sync_channel(syncer::BATCHES_AWAITING_SYNC_MAX);
         let (tx, rx) = sync_channel(options.commit_queue_max);
+        let s = syncer::Syncer {
+            wal,
+            wake_writer: tx.clone(),
+            sync_wal: options.sync == Sync::Full,
+            shared: shared.clone(),
+            fault: options.fault.clone(),
+        };
+        let syncer = std::thread::Builder::new()
+            .name("marketgov-store-sync".into())
+            .spawn(move || s.run(from_writer))
+            .map_err(|e| Error::Unavailable(format!("cannot start the sync thread: {e}")))?;
         let w = writer::Writer {
             conn,
             head,
             pending,
+            outbox_id_max,
+            to_sync,
+            syncer: Some(syncer),
+            open: None,
+            handed_over: 0,
             signer: options.signer,
             checkpoint_every: options.checkpoint_every_entries.max(1),
             last_checkpoint: last_checkpoint.max(0) as u64,
@@ -356,9 +451,9 @@ impl SqliteStore {
             .sum()
     }
 
-    /// The last audit sequence number written.
+    /// The last durable audit sequence number.
     pub fn head_seq(&self) -> u64 {
-        self.shared.head_seq.load(Ordering::Relaxed)
+        self.shared.head_seq.load(Ordering::SeqCst)
     }
 
     /// Why the writer stopped, if it did.
@@ -384,8 +479,10 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        // Closing the queue lets the writer finish what is queued and exit.
-        self.tx.take();
+        // The writer finishes what is queued before the notice, then exits.
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(writer::Inbound::Close);
+        }
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -404,10 +501,10 @@ impl Store for SqliteStore {
         };
         let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(writer::Request {
+        match tx.try_send(writer::Inbound::Commit(writer::Request {
             commit,
             ack: ack_tx,
-        }) {
+        })) {
             Ok(()) => Ok(ack_rx),
             Err(TrySendError::Full(_)) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
@@ -502,6 +599,9 @@ impl Store for SqliteStore {
         let Some((operation, fingerprint, response, created_at_ms, sum)) = row else {
             return Ok(None);
         };
+        drop(conn);
+        // A record is answered (as a replay) only once the commit that wrote it is durable.
+        self.shared.wait_durable()?;
         let location = || format!("idempotency record {tenant}/{key}");
         verify_sum(
             &[fingerprint.as_slice(), &response].concat(),
@@ -542,11 +642,13 @@ impl Store for SqliteStore {
         let mut st = conn
             .prepare_cached(
                 "SELECT id, effect_key, stream, connector, body, sum, attempts, next_attempt_ms FROM outbox
-                 WHERE state = 'pending' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms, id LIMIT ?2",
+                 WHERE state = 'pending' AND next_attempt_ms <= ?1 AND id <= ?3 ORDER BY next_attempt_ms, id LIMIT ?2",
             )
             .map_err(storage)?;
+        // Only effects whose decision is durable are carried out.
+        let durable = self.shared.outbox_id_durable.load(Ordering::SeqCst);
         let rows = st
-            .query_map(params![now_ms, limit as i64], |r| {
+            .query_map(params![now_ms, limit as i64, durable], |r| {
                 Ok((
                     OutboxRow {
                         id: r.get(0)?,
@@ -587,10 +689,12 @@ impl Store for SqliteStore {
                 .optional()
             })
             .map_err(storage)?;
+        drop(conn);
         match row {
             None => Ok(None),
             Some((version, body, sum)) => {
                 verify_sum(&body, &sum, || format!("{}/{key}", table.name()))?;
+                self.shared.wait_durable()?;
                 Ok(Some((version as u64, body)))
             }
         }
@@ -631,6 +735,9 @@ impl Store for SqliteStore {
             verify_sum(&body, &sum, || format!("{}/{key}", table.name()))?;
             out.push((key, version as u64, body));
         }
+        if !out.is_empty() {
+            self.shared.wait_durable()?;
+        }
         Ok(out)
     }
 
@@ -660,19 +767,23 @@ impl Store for SqliteStore {
         let mut st = conn
             .prepare_cached(
                 "SELECT stream_version, seq, prev_hash, hash, body FROM events
-                 WHERE stream = ?1 AND stream_version > ?2 ORDER BY stream_version LIMIT ?3",
+                 WHERE stream = ?1 AND stream_version > ?2 AND seq <= ?4 ORDER BY stream_version LIMIT ?3",
             )
             .map_err(storage)?;
+        let durable = self.head_seq() as i64;
         let rows = st
-            .query_map(params![stream, after_version as i64, limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, Vec<u8>>(4)?,
-                ))
-            })
+            .query_map(
+                params![stream, after_version as i64, limit as i64, durable],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                    ))
+                },
+            )
             .map_err(storage)?;
         let mut out = Vec::new();
         for row in rows {
@@ -687,10 +798,11 @@ impl Store for SqliteStore {
     fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<Entry>, Error> {
         let conn = self.reader()?;
         let mut st = conn
-            .prepare_cached("SELECT seq, prev_hash, hash, body FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2")
+            .prepare_cached("SELECT seq, prev_hash, hash, body FROM events WHERE seq >= ?1 AND seq <= ?3 ORDER BY seq LIMIT ?2")
             .map_err(storage)?;
+        let durable = self.head_seq() as i64;
         let rows = st
-            .query_map(params![from_seq as i64, limit as i64], |r| {
+            .query_map(params![from_seq as i64, limit as i64, durable], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, Vec<u8>>(1)?,
@@ -711,10 +823,13 @@ impl Store for SqliteStore {
     fn checkpoints(&self) -> Result<Vec<Checkpoint>, Error> {
         let conn = self.reader()?;
         let mut st = conn
-            .prepare_cached("SELECT seq, hash, signature FROM checkpoints ORDER BY seq")
+            .prepare_cached(
+                "SELECT seq, hash, signature FROM checkpoints WHERE seq <= ?1 ORDER BY seq",
+            )
             .map_err(storage)?;
+        let durable = self.head_seq() as i64;
         let rows = st
-            .query_map([], |r| {
+            .query_map([durable], |r| {
                 Ok(Checkpoint {
                     seq: r.get::<_, i64>(0)? as u64,
                     hash: r.get(1)?,
@@ -737,6 +852,23 @@ impl Store for SqliteStore {
             outbox: self.shared.pending_outbox.load(Ordering::Relaxed),
         })
     }
+}
+
+/// Opens the write-ahead log for the sync thread. SQLite created it when the store was opened in
+/// WAL mode, and keeps it (reset, never deleted or truncated) while any connection is open. The
+/// directory is synced once, so that the log's own name survives a power loss (SQLite did this at
+/// its first sync of a new log when it synced the log itself).
+fn open_wal(dir: &Path, db: &Path) -> Result<File, Error> {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    let wal = std::fs::OpenOptions::new()
+        .read(true)
+        .open(&name)
+        .map_err(|e| Error::Unavailable(format!("{}: {e}", Path::new(&name).display())))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Unavailable(format!("{}: {e}", dir.display())))?;
+    Ok(wal)
 }
 
 /// Maps a database error to the store's error, naming corruption as such.

@@ -1,18 +1,22 @@
 //! The single writer: drains the commit queue, writes every queued commit of a batch in one
-//! transaction (each in its own savepoint, so one bad commit fails alone), syncs once, then
-//! acknowledges every caller of the batch. A failed sync acknowledges nothing and stops the writer
-//! for good (fail-stop): SQLite's state after a failed fsync cannot be trusted, and a sync is never
-//! retried on the same file. Recovery is a restart, from what is durable.
+//! transaction (each in its own savepoint when one fails, so one bad commit fails alone), commits
+//! it, and hands it to the sync thread (`syncer.rs`), which syncs it and only then acknowledges
+//! every caller of the batch; the writer meanwhile writes the next batch. A failed batch or sync
+//! acknowledges nothing of it and stops the store for good (fail-stop): SQLite's state after a
+//! failed fsync cannot be trusted, and a sync is never retried on the same file. Recovery is a
+//! restart, from what is durable.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use marketgov_audit::{CheckpointSigner, Head};
 use marketgov_store::{Commit, Error, OutboxUpdate, Receipt, TimerWrite};
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
+use crate::syncer::{Committed, ToSync};
 use crate::{checksum, storage, FaultInjector, FaultMode, Shared};
 
 /// One queued commit and the caller waiting for it.
@@ -48,7 +52,7 @@ impl Pending {
         })
     }
 
-    fn write(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), Error> {
+    fn write(&self, tx: &Connection) -> Result<(), Error> {
         let mut st = tx
             .prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")
             .map_err(storage)?;
@@ -65,43 +69,310 @@ impl Pending {
     }
 }
 
+/// What reaches the writer.
+#[allow(clippy::large_enum_variant)] // nearly every message is a commit: boxing would allocate per commit
+pub(crate) enum Inbound {
+    /// A commit to write.
+    Commit(Request),
+    /// The sync thread finished a sync: a batch held open for it may be committed now.
+    Synced,
+    /// The store is closing: commit what is open, then stop.
+    Close,
+}
+
 pub(crate) struct Writer {
     pub conn: Connection,
     pub head: Head,
     pub pending: Pending,
+    /// The highest outbox row id written.
+    pub outbox_id_max: i64,
     pub signer: Option<CheckpointSigner>,
     pub checkpoint_every: u64,
     pub last_checkpoint: u64,
     pub batch_commits_max: usize,
     pub shared: Arc<Shared>,
     pub fault: Option<Arc<FaultInjector>>,
+    /// Committed batches on their way to the sync thread.
+    pub to_sync: SyncSender<ToSync>,
+    pub syncer: Option<JoinHandle<()>>,
+    /// The batch being written (its transaction open), if any.
+    pub open: Option<OpenBatch>,
+    /// The number of the last batch handed to the sync thread.
+    pub handed_over: u64,
+}
+
+/// A batch whose transaction is open: commits are written into it as they arrive, for as long
+/// as the sync thread is still syncing the previous batch.
+pub(crate) struct OpenBatch {
+    requests: Vec<Request>,
+    results: Vec<Result<Receipt, Error>>,
+    /// Each commit in its own savepoint (once one of them has failed).
+    savepoints: bool,
+    head_before: Head,
+    pending_before: Pending,
+    outbox_before: i64,
 }
 
 impl Writer {
-    /// Runs until every sender is gone.
-    pub fn run(mut self, rx: Receiver<Request>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = Vec::with_capacity(self.batch_commits_max.min(64));
-            batch.push(first);
-            // Group commit: take whatever queued while the last sync ran; never wait for more.
-            while batch.len() < self.batch_commits_max {
+    /// Runs until the store closes, then waits for the sync thread to settle what is left.
+    ///
+    /// Group commit: a batch takes every commit queued while the previous one was written, and
+    /// stays open, taking more, while the previous batch is syncing; it is committed as soon as
+    /// that sync is done (or when it is full). So the writer writes while the disk syncs, and a
+    /// batch is as large as the time between two syncs allows (small batches cost more per
+    /// commit: every batch rewrites the pages its commits share).
+    pub fn run(mut self, rx: Receiver<Inbound>) {
+        let mut closing = false;
+        while !closing {
+            let Ok(first) = rx.recv() else {
+                break;
+            };
+            closing = self.take(first);
+            while !closing && self.open_len() < self.batch_commits_max {
                 match rx.try_recv() {
-                    Ok(request) => batch.push(request),
+                    Ok(next) => closing = self.take(next),
                     Err(_) => break,
                 }
             }
-            self.shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-            if let Some(reason) = self.shared.stopped_reason() {
-                for request in batch {
-                    let _ = request.ack.send(Err(Error::Stopped {
-                        reason: reason.clone(),
-                    }));
-                }
-                continue;
+            let full = self.open_len() >= self.batch_commits_max;
+            if self.open.is_some() && (closing || full || self.sync_idle()) {
+                self.commit_open();
             }
-            self.run_batch(batch);
+        }
+        if self.open.is_some() {
+            self.commit_open();
         }
         self.final_checkpoint();
+        let Writer {
+            to_sync, syncer, ..
+        } = self;
+        drop(to_sync);
+        if let Some(syncer) = syncer {
+            let _ = syncer.join();
+        }
+    }
+
+    fn open_len(&self) -> usize {
+        self.open.as_ref().map_or(0, |b| b.requests.len())
+    }
+
+    /// Whether every batch handed over is settled.
+    fn sync_idle(&self) -> bool {
+        self.shared.durable_batch() >= self.handed_over || self.shared.stopped_reason().is_some()
+    }
+
+    /// Takes one message; returns whether the store is closing.
+    fn take(&mut self, inbound: Inbound) -> bool {
+        match inbound {
+            Inbound::Commit(request) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                match self.shared.stopped_reason() {
+                    Some(reason) => {
+                        let _ = request.ack.send(Err(Error::Stopped { reason }));
+                    }
+                    None => {
+                        if let Err(e) = self.write_into_open(request) {
+                            self.fail_open(e.to_string());
+                        }
+                    }
+                }
+                false
+            }
+            Inbound::Synced => false,
+            Inbound::Close => true,
+        }
+    }
+
+    /// Writes one commit into the open batch (opening it first if needed).
+    fn write_into_open(&mut self, request: Request) -> Result<(), Error> {
+        if self.open.is_none() {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(storage)?;
+            self.open = Some(OpenBatch {
+                requests: Vec::with_capacity(self.batch_commits_max.min(64)),
+                results: Vec::with_capacity(self.batch_commits_max.min(64)),
+                savepoints: false,
+                head_before: self.head,
+                pending_before: self.pending,
+                outbox_before: self.outbox_id_max,
+            });
+        }
+        let savepoints = self.open.as_ref().is_some_and(|b| b.savepoints);
+        let result = if savepoints {
+            self.write_in_savepoint(&request.commit)?
+        } else {
+            let mut tail = Tail {
+                head: &mut self.head,
+                pending: &mut self.pending,
+                outbox_id_max: &mut self.outbox_id_max,
+            };
+            match write_commit(&self.conn, &mut tail, &request.commit) {
+                Ok(receipt) => Ok(receipt),
+                Err(_) => {
+                    // One commit failed: the batch is written again with a savepoint per
+                    // commit, so this one fails alone.
+                    self.rewrite_with_savepoints()?;
+                    self.write_in_savepoint(&request.commit)?
+                }
+            }
+        };
+        if let Some(open) = self.open.as_mut() {
+            open.requests.push(request);
+            open.results.push(result);
+        }
+        Ok(())
+    }
+
+    /// Writes `commit` in its own savepoint: `Ok(Err(_))` when it fails alone (rolled back);
+    /// `Err` when the transaction itself failed.
+    fn write_in_savepoint(&mut self, commit: &Commit) -> Result<Result<Receipt, Error>, Error> {
+        let (head, pending, outbox) = (self.head, self.pending, self.outbox_id_max);
+        self.conn
+            .execute_batch("SAVEPOINT one_commit")
+            .map_err(storage)?;
+        let mut tail = Tail {
+            head: &mut self.head,
+            pending: &mut self.pending,
+            outbox_id_max: &mut self.outbox_id_max,
+        };
+        match write_commit(&self.conn, &mut tail, commit) {
+            Ok(receipt) => {
+                self.conn
+                    .execute_batch("RELEASE one_commit")
+                    .map_err(storage)?;
+                Ok(Ok(receipt))
+            }
+            Err(e) => {
+                self.conn
+                    .execute_batch("ROLLBACK TO one_commit; RELEASE one_commit")
+                    .map_err(storage)?;
+                self.head = head;
+                self.pending = pending;
+                self.outbox_id_max = outbox;
+                Ok(Err(e))
+            }
+        }
+    }
+
+    /// Rolls the open batch back and writes its commits again, each in its own savepoint.
+    ///
+    /// Batches are first written without savepoints (a savepoint journals every page it
+    /// touches, a large share of the writer's time); only when one of its commits fails is this
+    /// needed.
+    fn rewrite_with_savepoints(&mut self) -> Result<(), Error> {
+        let Some(mut open) = self.open.take() else {
+            return Ok(());
+        };
+        self.conn.execute_batch("ROLLBACK").map_err(storage)?;
+        self.head = open.head_before;
+        self.pending = open.pending_before;
+        self.outbox_id_max = open.outbox_before;
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(storage)?;
+        open.results.clear();
+        for request in &open.requests {
+            let result = self.write_in_savepoint(&request.commit);
+            match result {
+                Ok(r) => open.results.push(r),
+                Err(e) => {
+                    self.open = Some(open);
+                    return Err(e);
+                }
+            }
+        }
+        open.savepoints = true;
+        self.open = Some(open);
+        Ok(())
+    }
+
+    /// The open batch cannot be committed: nothing of it is acknowledged, and the store stops
+    /// now, so no later batch is written; the batches before it are settled first.
+    fn fail_open(&mut self, reason: String) {
+        let Some(open) = self.open.take() else {
+            self.shared.stop(&reason);
+            return;
+        };
+        let _ = self.conn.execute_batch("ROLLBACK");
+        self.head = open.head_before;
+        self.pending = open.pending_before;
+        self.outbox_id_max = open.outbox_before;
+        self.shared.stop(&reason);
+        self.hand_over(ToSync::Failed {
+            acks: open.requests.into_iter().map(|r| r.ack).collect(),
+            reason,
+            committed: false,
+        });
+    }
+
+    /// Commits the open batch (without syncing: the sync thread does) and hands it over.
+    fn commit_open(&mut self) {
+        match self.finish_open() {
+            Ok(()) => {}
+            Err(e) => self.fail_open(e.to_string()),
+        }
+    }
+
+    fn finish_open(&mut self) -> Result<(), Error> {
+        let Some(open) = self.open.as_ref() else {
+            return Ok(());
+        };
+        if self.pending != open.pending_before {
+            self.pending.write(&self.conn)?;
+        }
+        let checkpoint_due = self.head.seq >= self.last_checkpoint + self.checkpoint_every;
+        if let (Some(signer), true) = (&self.signer, checkpoint_due) {
+            let c = signer.sign(self.head.seq, &self.head.hash);
+            self.conn
+                .execute(
+                    "INSERT INTO checkpoints (seq, hash, signature) VALUES (?1, ?2, ?3)",
+                    params![c.seq as i64, c.hash, c.signature],
+                )
+                .map_err(storage)?;
+        }
+        let fault = self.fault.as_ref().and_then(|f| f.next_batch());
+        if fault == Some(FaultMode::LostSync) {
+            // Rolled back: as if the sync never reached the disk.
+            return Err(Error::Storage(
+                "injected fault: sync failed, batch lost".into(),
+            ));
+        }
+        // Counted before the commit makes it visible (see `Shared::wait_durable`).
+        let number = self.shared.batch_becomes_visible();
+        self.conn.execute_batch("COMMIT").map_err(storage)?;
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        if checkpoint_due && self.signer.is_some() {
+            self.last_checkpoint = self.head.seq;
+        }
+        if fault == Some(FaultMode::UnacknowledgedSync) {
+            // On disk, but the callers are told it failed.
+            let reason = "injected fault: sync reported failure".to_owned();
+            self.shared.stop(&reason);
+            self.hand_over(ToSync::Failed {
+                acks: open.requests.into_iter().map(|r| r.ack).collect(),
+                reason,
+                committed: true,
+            });
+            return Ok(());
+        }
+        self.handed_over = number;
+        self.hand_over(ToSync::Committed(Committed {
+            batch: number,
+            acks: open
+                .requests
+                .into_iter()
+                .map(|r| r.ack)
+                .zip(open.results)
+                .collect(),
+            head_seq: self.head.seq,
+            pending: self.pending,
+            outbox_id_max: self.outbox_id_max,
+            hold: fault == Some(FaultMode::Held),
+        }));
+        Ok(())
     }
 
     /// On a clean close, signs whatever the last checkpoint does not cover, so a stopped store's
@@ -114,149 +385,54 @@ impl Writer {
             return;
         }
         let c = signer.sign(self.head.seq, &self.head.hash);
+        let batch = self.shared.batch_becomes_visible();
         let written = self.conn.execute(
             "INSERT INTO checkpoints (seq, hash, signature) VALUES (?1, ?2, ?3)",
             params![c.seq as i64, c.hash, c.signature],
         );
         if written.is_ok() {
             self.last_checkpoint = self.head.seq;
+            self.handed_over = batch;
+            self.hand_over(ToSync::Committed(Committed {
+                batch,
+                acks: Vec::new(),
+                head_seq: self.head.seq,
+                pending: self.pending,
+                outbox_id_max: self.outbox_id_max,
+                hold: false,
+            }));
         }
     }
 
-    fn run_batch(&mut self, batch: Vec<Request>) {
-        let head_before = self.head;
-        let pending_before = self.pending;
-        let outcome = self.write_batch(&batch);
-        match outcome {
-            Ok(results) => {
-                self.shared
-                    .commits
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                self.shared.batches.fetch_add(1, Ordering::Relaxed);
-                for (request, result) in batch.into_iter().zip(results) {
-                    let _ = request.ack.send(result);
-                }
-            }
-            Err(e) => {
-                // Nothing of the batch is acknowledged; the writer stops.
-                self.head = head_before;
-                self.pending = pending_before;
-                let reason = e.to_string();
-                self.shared.stop(&reason);
-                for request in batch {
-                    let _ = request.ack.send(Err(Error::Stopped {
-                        reason: reason.clone(),
-                    }));
-                }
+    /// Gives the sync thread its next item; if it is gone (a bug), fails the item's callers.
+    fn hand_over(&self, item: ToSync) {
+        if let Err(std::sync::mpsc::SendError(item)) = self.to_sync.send(item) {
+            let reason = "the sync thread is gone".to_owned();
+            self.shared.stop(&reason);
+            let acks: Vec<_> = match item {
+                ToSync::Committed(c) => c.acks.into_iter().map(|(a, _)| a).collect(),
+                ToSync::Failed { acks, .. } => acks,
+            };
+            for ack in acks {
+                let _ = ack.send(Err(Error::Stopped {
+                    reason: reason.clone(),
+                }));
             }
         }
-    }
-
-    /// Writes the batch and syncs it. `Ok` holds each commit's own result; `Err` means the
-    /// transaction or its sync failed and nothing can be acknowledged.
-    ///
-    /// The batch is first written without savepoints (a savepoint journals every page it
-    /// touches, a large share of the writer's time); only when one of its commits fails is the
-    /// transaction rolled back and the batch written again with a savepoint per commit, so the
-    /// failing commit fails alone.
-    fn write_batch(&mut self, batch: &[Request]) -> Result<Vec<Result<Receipt, Error>>, Error> {
-        let head_before = self.head;
-        let pending_before = self.pending;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(storage)?;
-        let mut results = Vec::with_capacity(batch.len());
-        let mut all_written = true;
-        for request in batch {
-            match write_commit(&tx, &mut self.head, &mut self.pending, &request.commit) {
-                Ok(receipt) => results.push(Ok(receipt)),
-                Err(_) => {
-                    all_written = false;
-                    break;
-                }
-            }
-        }
-        let tx = if all_written {
-            tx
-        } else {
-            tx.rollback().map_err(storage)?;
-            self.head = head_before;
-            self.pending = pending_before;
-            results.clear();
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(storage)?;
-            for request in batch {
-                let (head, pending) = (self.head, self.pending);
-                tx.execute_batch("SAVEPOINT one_commit").map_err(storage)?;
-                match write_commit(&tx, &mut self.head, &mut self.pending, &request.commit) {
-                    Ok(receipt) => {
-                        tx.execute_batch("RELEASE one_commit").map_err(storage)?;
-                        results.push(Ok(receipt));
-                    }
-                    Err(e) => {
-                        tx.execute_batch("ROLLBACK TO one_commit; RELEASE one_commit")
-                            .map_err(storage)?;
-                        self.head = head;
-                        self.pending = pending;
-                        results.push(Err(e));
-                    }
-                }
-            }
-            tx
-        };
-        if self.pending != pending_before {
-            self.pending.write(&tx)?;
-        }
-        let checkpoint_due = self.head.seq >= self.last_checkpoint + self.checkpoint_every;
-        if let (Some(signer), true) = (&self.signer, checkpoint_due) {
-            {
-                let c = signer.sign(self.head.seq, &self.head.hash);
-                tx.execute(
-                    "INSERT INTO checkpoints (seq, hash, signature) VALUES (?1, ?2, ?3)",
-                    params![c.seq as i64, c.hash, c.signature],
-                )
-                .map_err(storage)?;
-            }
-        }
-        match self.fault.as_ref().and_then(|f| f.next_batch()) {
-            None => tx.commit().map_err(storage)?,
-            Some(FaultMode::Held) => {
-                if let Some(f) = &self.fault {
-                    f.wait_released();
-                }
-                tx.commit().map_err(storage)?;
-            }
-            Some(FaultMode::LostSync) => {
-                drop(tx); // rolled back: as if the sync never reached the disk
-                return Err(Error::Storage(
-                    "injected fault: sync failed, batch lost".into(),
-                ));
-            }
-            Some(FaultMode::UnacknowledgedSync) => {
-                tx.commit().map_err(storage)?; // on disk, but the caller is told it failed
-                return Err(Error::Storage(
-                    "injected fault: sync reported failure".into(),
-                ));
-            }
-        }
-        if checkpoint_due && self.signer.is_some() {
-            self.last_checkpoint = self.head.seq;
-        }
-        self.shared.head_seq.store(self.head.seq, Ordering::Relaxed);
-        self.pending.publish(&self.shared);
-        Ok(results)
     }
 }
 
-fn write_commit(
-    tx: &rusqlite::Transaction<'_>,
-    head: &mut Head,
-    pending: &mut Pending,
-    commit: &Commit,
-) -> Result<Receipt, Error> {
+/// What a commit advances: the audit head, the pending counts, the outbox's row ids.
+struct Tail<'a> {
+    head: &'a mut Head,
+    pending: &'a mut Pending,
+    outbox_id_max: &'a mut i64,
+}
+
+fn write_commit(tx: &Connection, tail: &mut Tail<'_>, commit: &Commit) -> Result<Receipt, Error> {
+    let head = &mut *tail.head;
+    let pending = &mut *tail.pending;
+    let outbox_id_max = &mut *tail.outbox_id_max;
     let mut receipt = Receipt {
         entries: Vec::with_capacity(commit.events.len()),
     };
@@ -361,6 +537,7 @@ fn write_commit(
         )
         .and_then(|mut st| st.execute(params![o.effect_key, o.stream, o.connector, o.body, checksum(&o.body), o.not_before_ms]))
         .map_err(|err| conflict_or_storage(err, || format!("effect {} is already queued", o.effect_key)))?;
+        *outbox_id_max = tx.last_insert_rowid();
         pending.outbox += 1;
     }
     for u in &commit.outbox_updates {
@@ -432,7 +609,7 @@ fn conflict_or_storage(err: rusqlite::Error, what: impl FnOnce() -> String) -> E
 /// The count bound keeps the newest `keep_max` insertions; where expired keys were replaced in
 /// between it may keep a few fewer, never more.
 fn sweep_idempotency(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     sweep: &marketgov_store::IdempotencySweep,
 ) -> Result<(), Error> {
     let limit = sweep.limit as i64;

@@ -752,3 +752,151 @@ fn due_timers_sharing_a_deadline_are_paged_in_order_without_sorting_them_all() {
         "{plan:?}"
     );
 }
+
+/// Releases a held sync when dropped.
+struct ReleaseOnDrop(std::sync::Arc<FaultInjector>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// Polls `done` until it holds (at most 10 s: a bound against a hang, not a timing claim).
+fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("never happened: {what}");
+}
+
+/// Events in the database file as SQLite itself sees them, committed whether durable or not.
+fn committed_events(dir: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join("marketgov.db")).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A batch is committed before its sync (the writer goes on to the next one meanwhile); but
+/// nothing of it is acknowledged, and no read that answers a caller returns it, until its sync: the audit log, stream history, checkpoints and stats stop
+/// at the durable head, effects are not handed out, and found idempotency and versioned records
+/// are returned only once durable.
+#[test]
+fn a_committed_batch_is_neither_acknowledged_nor_read_before_its_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = FaultInjector::fail_batch(2, FaultMode::Held);
+    let mut o = Options::new(dir.path());
+    o.signer = Some(CheckpointSigner::from_secret(&SECRET));
+    o.checkpoint_every_entries = 1;
+    o.fault = Some(fault.clone());
+    let store = std::sync::Arc::new(SqliteStore::open(o).unwrap());
+    // Dropped before the store: a failed assertion releases the held sync instead of hanging
+    // in the store's close.
+    let _release = ReleaseOnDrop(fault.clone());
+    wait(
+        store
+            .commit(commit_events(vec![event("s", 1, "durable")]))
+            .unwrap(),
+    )
+    .unwrap();
+
+    let held = store
+        .commit(Commit {
+            events: vec![event("s", 2, "held")],
+            idempotency: vec![IdempotencyRecord {
+                tenant: "t".into(),
+                key: "k".into(),
+                operation: "events".into(),
+                fingerprint: [7; 32],
+                response: b"{}".to_vec(),
+                created_at_ms: 0,
+            }],
+            outbox: vec![OutboxWrite {
+                effect_key: "evt-2:0".into(),
+                stream: "s".into(),
+                connector: "payments".into(),
+                body: b"{}".to_vec(),
+                not_before_ms: 0,
+            }],
+            cases: vec![VersionedWrite {
+                key: "case-1".into(),
+                expected_version: 0,
+                version: 1,
+                body: b"{}".to_vec(),
+            }],
+            ..Commit::default()
+        })
+        .unwrap();
+    until("the second batch is held before its sync", || {
+        fault.holding()
+    });
+    assert_eq!(committed_events(dir.path()), 2, "committed before the sync");
+    let mut held = held;
+    assert!(held.try_recv().is_err(), "not acknowledged before its sync");
+
+    // The writer takes the next commit meanwhile (it keeps its batch open until the sync).
+    let next = store
+        .commit(commit_events(vec![event("s", 3, "behind")]))
+        .unwrap();
+
+    let seqs = |entries: Vec<marketgov_audit::Entry>| -> Vec<u64> {
+        entries.iter().map(|e| e.seq).collect()
+    };
+    assert_eq!(seqs(store.audit_entries(1, 100).unwrap()), vec![1]);
+    let history: Vec<u64> = store
+        .stream_history("s", 0, 100)
+        .unwrap()
+        .iter()
+        .map(|(v, _)| *v)
+        .collect();
+    assert_eq!(history, vec![1]);
+    assert_eq!(store.load_stream("s").unwrap().events.len(), 1);
+    assert!(store.checkpoints().unwrap().iter().all(|c| c.seq <= 1));
+    assert_eq!(store.stats().unwrap().events, 1);
+    assert_eq!(store.stats().unwrap().outbox, 0);
+    assert!(store.ready_outbox(i64::MAX, 10).unwrap().is_empty());
+
+    let (found_tx, found_rx) = std::sync::mpsc::channel();
+    for read in 0..2 {
+        let (store, found_tx) = (store.clone(), found_tx.clone());
+        std::thread::spawn(move || {
+            let found = if read == 0 {
+                store.idempotency("t", "k").map(|r| r.is_some())
+            } else {
+                store
+                    .versioned(VersionedTable::Cases, "case-1")
+                    .map(|r| r.is_some())
+            };
+            let _ = found_tx.send((read, found));
+        });
+    }
+    // Were either read answered from the committed batch, it would be here at once.
+    assert!(
+        found_rx
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "a read answered a record that is not durable"
+    );
+
+    fault.release();
+    wait(held).unwrap();
+    wait(next).unwrap();
+    let mut answers: Vec<_> = (0..2)
+        .map(|_| {
+            found_rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap()
+        })
+        .map(|(read, found)| (read, found.unwrap()))
+        .collect();
+    answers.sort();
+    assert_eq!(answers, vec![(0, true), (1, true)], "answered once durable");
+    assert_eq!(seqs(store.audit_entries(1, 100).unwrap()), vec![1, 2, 3]);
+    assert_eq!(store.load_stream("s").unwrap().events.len(), 3);
+    assert_eq!(store.ready_outbox(i64::MAX, 10).unwrap().len(), 1);
+    assert_eq!(store.stats().unwrap().events, 3);
+    assert!(store.checkpoints().unwrap().iter().any(|c| c.seq >= 2));
+}
