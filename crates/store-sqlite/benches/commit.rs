@@ -1,6 +1,6 @@
 //! Microbenchmark of one store commit batch: N commits shaped like a decided event (its log entry
 //! of about 1.3 KiB, an idempotency record, an outbox row), queued together and written in one
-//! transaction with one sync (`synchronous=FULL`), timed until every one is acknowledged. Run
+//! transaction with one sync, timed until every one is acknowledged. Run
 //! with `cargo bench -p marketgov-store-sqlite --bench commit`; it writes to a temporary directory
 //! on the disk under test.
 
@@ -60,6 +60,35 @@ fn one_store_commit_batch(bencher: divan::Bencher, size: u64) {
                 .into_iter()
                 .map(|c| store.commit(c).unwrap())
                 .collect();
+            for ack in acks {
+                ack.blocking_recv().unwrap().unwrap();
+            }
+        });
+}
+
+/// Commits written per pass of [`sustained_commits`].
+const SUSTAINED_COMMITS: u64 = 20_000;
+
+/// Sustained load: commits kept `in_flight` deep (the next one queued as soon as the oldest is
+/// acknowledged), so the writer never runs dry; measures the store's commits per second when it,
+/// not its callers, is the limit.
+#[divan::bench(args = [64, 512], sample_count = 5, sample_size = 1)]
+fn sustained_commits(bencher: divan::Bencher, in_flight: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(Options::new(dir.path())).unwrap();
+    let mut n = 0u64;
+    bencher
+        .counter(divan::counter::ItemsCount::new(SUSTAINED_COMMITS))
+        .bench_local(|| {
+            let mut acks = std::collections::VecDeque::with_capacity(in_flight);
+            for _ in 0..SUSTAINED_COMMITS {
+                if acks.len() >= in_flight {
+                    let ack: marketgov_store::Ack = acks.pop_front().unwrap();
+                    ack.blocking_recv().unwrap().unwrap();
+                }
+                acks.push_back(store.commit(decided_event(n)).unwrap());
+                n += 1;
+            }
             for ack in acks {
                 ack.blocking_recv().unwrap().unwrap();
             }
