@@ -10,8 +10,9 @@
 //! Reads use their own connections. A reader can see a batch that is committed and not yet
 //! durable, so every read that answers a caller is held to the durable state: audit entries,
 //! stream history and checkpoints are capped at the durable head, effects at the durable outbox
-//! row, and a found idempotency record or versioned record is returned only once every batch
-//! visible at the end of the read is durable (`Shared::wait_durable`; at most about one sync).
+//! row, a versioned record whose latest write is still syncing is returned once that write is
+//! durable (`Shared::versioned_pending`), and a found idempotency record once every batch visible
+//! at the end of the read is durable (`Shared::wait_durable`; at most about one sync).
 //! Timers and stream names are read as committed: a timer fires through its stream's shard, which
 //! holds work for a stream until that stream's commit is acknowledged, and stream names only feed
 //! the engine's may-contain filter.
@@ -29,6 +30,7 @@ mod schema;
 mod syncer;
 mod writer;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -233,6 +235,10 @@ pub(crate) struct Shared {
     /// Of those, the last one synced (batches are synced in order).
     batch_durable: Mutex<u64>,
     batch_durable_changed: Condvar,
+    /// Versioned records written by batches not yet durable: `(table, key)` -> the last such
+    /// batch. Entered by the writer before the `COMMIT`, removed by the sync thread once the batch
+    /// is durable; bounded by the batches in flight.
+    versioned_pending: Mutex<HashMap<(&'static str, String), u64>>,
 }
 
 impl Shared {
@@ -249,6 +255,30 @@ impl Shared {
         self.batches_visible.fetch_add(1, Ordering::SeqCst) + 1
     }
 
+    /// Waits until the latest write of each of `keys` of `table` that may be visible is durable;
+    /// a key with none pending (the common case) costs one lookup.
+    fn wait_versioned_durable<'k>(
+        &self,
+        table: VersionedTable,
+        keys: impl Iterator<Item = &'k str>,
+    ) -> Result<(), Error> {
+        let newest = {
+            let pending = self
+                .versioned_pending
+                .lock()
+                .map_err(|_| Error::Storage("durable state poisoned".into()))?;
+            if pending.is_empty() {
+                return Ok(());
+            }
+            keys.filter_map(|k| pending.get(&(table.name(), k.to_owned())).copied())
+                .max()
+        };
+        match newest {
+            Some(batch) => self.wait_durable_batch(batch),
+            None => Ok(()),
+        }
+    }
+
     /// The last batch synced.
     fn durable_batch(&self) -> u64 {
         self.batch_durable.lock().map_or(0, |d| *d)
@@ -257,6 +287,26 @@ impl Shared {
     fn set_durable_batch(&self, batch: u64) {
         if let Ok(mut durable) = self.batch_durable.lock() {
             *durable = (*durable).max(batch);
+        }
+        if let Ok(mut pending) = self.versioned_pending.lock() {
+            if !pending.is_empty() {
+                pending.retain(|_, b| *b > batch);
+            }
+        }
+    }
+
+    /// Enters the versioned writes of batch `batch` as pending; the writer calls it before the
+    /// batch's `COMMIT`.
+    fn versioned_written<'c>(&self, batch: u64, commits: impl Iterator<Item = &'c Commit>) {
+        let Ok(mut pending) = self.versioned_pending.lock() else {
+            return;
+        };
+        for commit in commits {
+            for (table, writes) in commit.versioned_writes() {
+                for w in writes {
+                    pending.insert((table.name(), w.key.clone()), batch);
+                }
+            }
         }
     }
 
@@ -269,7 +319,11 @@ impl Shared {
     /// Waits until everything a read that just ended could have seen is durable: every batch
     /// counted visible by now. Fails if the store stops first (what was seen may never be).
     fn wait_durable(&self) -> Result<(), Error> {
-        let seen = self.batches_visible.load(Ordering::SeqCst);
+        self.wait_durable_batch(self.batches_visible.load(Ordering::SeqCst))
+    }
+
+    /// Waits until batch `seen` is durable (or fails if the store stops first).
+    fn wait_durable_batch(&self, seen: u64) -> Result<(), Error> {
         let mut durable = self
             .batch_durable
             .lock()
@@ -694,7 +748,8 @@ impl Store for SqliteStore {
             None => Ok(None),
             Some((version, body, sum)) => {
                 verify_sum(&body, &sum, || format!("{}/{key}", table.name()))?;
-                self.shared.wait_durable()?;
+                self.shared
+                    .wait_versioned_durable(table, std::iter::once(key))?;
                 Ok(Some((version as u64, body)))
             }
         }
@@ -735,9 +790,8 @@ impl Store for SqliteStore {
             verify_sum(&body, &sum, || format!("{}/{key}", table.name()))?;
             out.push((key, version as u64, body));
         }
-        if !out.is_empty() {
-            self.shared.wait_durable()?;
-        }
+        self.shared
+            .wait_versioned_durable(table, out.iter().map(|(k, _, _)| k.as_str()))?;
         Ok(out)
     }
 

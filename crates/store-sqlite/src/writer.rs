@@ -338,8 +338,11 @@ impl Writer {
                 "injected fault: sync failed, batch lost".into(),
             ));
         }
-        // Counted before the commit makes it visible (see `Shared::wait_durable`).
+        // Counted, and its versioned writes entered as pending, before the commit makes them
+        // visible (see `Shared::wait_durable`).
         let number = self.shared.batch_becomes_visible();
+        self.shared
+            .versioned_written(number, open.requests.iter().map(|r| &r.commit));
         self.conn.execute_batch("COMMIT").map_err(storage)?;
         let Some(open) = self.open.take() else {
             return Ok(());
@@ -565,14 +568,9 @@ fn write_commit(tx: &Connection, tail: &mut Tail<'_>, commit: &Commit) -> Result
             pending.outbox = pending.outbox.saturating_sub(1); // done or dead: no longer pending
         }
     }
-    for (table, writes) in [
-        ("sequences", &commit.sequences),
-        ("cases", &commit.cases),
-        ("inventory", &commit.inventory),
-        ("review_queue", &commit.review),
-        ("api_keys", &commit.api_keys),
-    ] {
-        for w in writes.iter() {
+    for (table, writes) in commit.versioned_writes() {
+        let table = table.name();
+        for w in writes {
             let sum = checksum(&w.body);
             let changed = if w.expected_version == 0 {
                 tx.prepare_cached("INSERT OR IGNORE INTO versioned (tbl, key, version, body, sum) VALUES (?1, ?2, ?3, ?4, ?5)")

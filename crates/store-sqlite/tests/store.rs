@@ -783,7 +783,7 @@ fn committed_events(dir: &std::path::Path) -> i64 {
 /// A batch is committed before its sync (the writer goes on to the next one meanwhile); but
 /// nothing of it is acknowledged, and no read that answers a caller returns it, until its sync: the audit log, stream history, checkpoints and stats stop
 /// at the durable head, effects are not handed out, and found idempotency and versioned records
-/// are returned only once durable.
+/// are returned only once durable (a versioned record whose last write is durable at once).
 #[test]
 fn a_committed_batch_is_neither_acknowledged_nor_read_before_its_sync() {
     let dir = tempfile::tempdir().unwrap();
@@ -798,7 +798,16 @@ fn a_committed_batch_is_neither_acknowledged_nor_read_before_its_sync() {
     let _release = ReleaseOnDrop(fault.clone());
     wait(
         store
-            .commit(commit_events(vec![event("s", 1, "durable")]))
+            .commit(Commit {
+                events: vec![event("s", 1, "durable")],
+                cases: vec![VersionedWrite {
+                    key: "case-0".into(),
+                    expected_version: 0,
+                    version: 1,
+                    body: b"{}".to_vec(),
+                }],
+                ..Commit::default()
+            })
             .unwrap(),
     )
     .unwrap();
@@ -873,6 +882,22 @@ fn a_committed_batch_is_neither_acknowledged_nor_read_before_its_sync() {
             let _ = found_tx.send((read, found));
         });
     }
+    // A record whose latest write is durable is answered while the held batch syncs.
+    let durable_case = {
+        let (store, (tx, rx)) = (store.clone(), std::sync::mpsc::channel());
+        std::thread::spawn(move || {
+            let _ = tx.send(
+                store
+                    .versioned(VersionedTable::Cases, "case-0")
+                    .map(|r| r.is_some()),
+            );
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+    };
+    assert!(
+        matches!(durable_case, Ok(Ok(true))),
+        "a durable record waits for an unrelated sync: {durable_case:?}"
+    );
     // Were either read answered from the committed batch, it would be here at once.
     assert!(
         found_rx

@@ -261,6 +261,17 @@ impl Commit {
     pub fn is_empty(&self) -> bool {
         *self == Commit::default()
     }
+
+    /// The versioned writes, table by table.
+    pub fn versioned_writes(&self) -> [(VersionedTable, &[VersionedWrite]); 5] {
+        [
+            (VersionedTable::Sequences, &self.sequences),
+            (VersionedTable::Cases, &self.cases),
+            (VersionedTable::Inventory, &self.inventory),
+            (VersionedTable::Review, &self.review),
+            (VersionedTable::ApiKeys, &self.api_keys),
+        ]
+    }
 }
 
 /// What a durable commit answers: the audit receipt of each event, in order.
