@@ -170,11 +170,7 @@ impl Writer {
                     Some(reason) => {
                         let _ = request.ack.send(Err(Error::Stopped { reason }));
                     }
-                    None => {
-                        if let Err(e) = self.write_into_open(request) {
-                            self.fail_open(e.to_string());
-                        }
-                    }
+                    None => self.write_into_open(request),
                 }
                 false
             }
@@ -183,12 +179,20 @@ impl Writer {
         }
     }
 
-    /// Writes one commit into the open batch (opening it first if needed).
-    fn write_into_open(&mut self, request: Request) -> Result<(), Error> {
+    /// Writes one commit into the open batch (opening it first if needed). If the transaction
+    /// itself fails, the batch fails with this commit in it (every caller is answered).
+    fn write_into_open(&mut self, request: Request) {
         if self.open.is_none() {
-            self.conn
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(storage)?;
+            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                let reason = storage(e).to_string();
+                self.shared.stop(&reason);
+                self.hand_over(ToSync::Failed {
+                    acks: vec![request.ack],
+                    reason,
+                    committed: false,
+                });
+                return;
+            }
             self.open = Some(OpenBatch {
                 requests: Vec::with_capacity(self.batch_commits_max.min(64)),
                 results: Vec::with_capacity(self.batch_commits_max.min(64)),
@@ -198,30 +202,39 @@ impl Writer {
                 outbox_before: self.outbox_id_max,
             });
         }
+        let result = self.write_one(&request.commit);
+        let failed = result.as_ref().err().map(ToString::to_string);
+        if let Some(open) = self.open.as_mut() {
+            open.requests.push(request);
+            open.results.push(result.unwrap_or_else(Err));
+        }
+        if let Some(reason) = failed {
+            self.fail_open(reason);
+        }
+    }
+
+    /// Writes one commit into the open transaction: `Ok(Err(_))` when the commit fails alone,
+    /// `Err` when the transaction failed.
+    fn write_one(&mut self, commit: &Commit) -> Result<Result<Receipt, Error>, Error> {
         let savepoints = self.open.as_ref().is_some_and(|b| b.savepoints);
-        let result = if savepoints {
-            self.write_in_savepoint(&request.commit)?
+        if savepoints {
+            self.write_in_savepoint(commit)
         } else {
             let mut tail = Tail {
                 head: &mut self.head,
                 pending: &mut self.pending,
                 outbox_id_max: &mut self.outbox_id_max,
             };
-            match write_commit(&self.conn, &mut tail, &request.commit) {
-                Ok(receipt) => Ok(receipt),
+            match write_commit(&self.conn, &mut tail, commit) {
+                Ok(receipt) => Ok(Ok(receipt)),
                 Err(_) => {
                     // One commit failed: the batch is written again with a savepoint per
                     // commit, so this one fails alone.
                     self.rewrite_with_savepoints()?;
-                    self.write_in_savepoint(&request.commit)?
+                    self.write_in_savepoint(commit)
                 }
             }
-        };
-        if let Some(open) = self.open.as_mut() {
-            open.requests.push(request);
-            open.results.push(result);
         }
-        Ok(())
     }
 
     /// Writes `commit` in its own savepoint: `Ok(Err(_))` when it fails alone (rolled back);
@@ -264,14 +277,18 @@ impl Writer {
         let Some(mut open) = self.open.take() else {
             return Ok(());
         };
-        self.conn.execute_batch("ROLLBACK").map_err(storage)?;
         self.head = open.head_before;
         self.pending = open.pending_before;
         self.outbox_id_max = open.outbox_before;
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(storage)?;
         open.results.clear();
+        let restarted = self
+            .conn
+            .execute_batch("ROLLBACK; BEGIN IMMEDIATE")
+            .map_err(storage);
+        if let Err(e) = restarted {
+            self.open = Some(open); // failed whole by the caller
+            return Err(e);
+        }
         for request in &open.requests {
             let result = self.write_in_savepoint(&request.commit);
             match result {
