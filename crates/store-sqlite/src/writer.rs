@@ -323,8 +323,13 @@ impl Writer {
         });
     }
 
-    /// Commits the open batch (without syncing: the sync thread does) and hands it over.
+    /// Commits the open batch (without syncing: the sync thread does) and hands it over; once
+    /// the store has stopped (a sync failed meanwhile), fails it instead.
     fn commit_open(&mut self) {
+        if let Some(reason) = self.shared.stopped_reason() {
+            self.fail_open(reason);
+            return;
+        }
         match self.finish_open() {
             Ok(()) => {}
             Err(e) => self.fail_open(e.to_string()),
