@@ -508,10 +508,14 @@ fn a_store_from_a_newer_release_is_refused() {
     ));
 }
 
-fn page_size(dir: &std::path::Path) -> u32 {
+/// One value read straight from the database file with SQLite itself, beside the store.
+fn query_db<T: rusqlite::types::FromSql>(dir: &std::path::Path, sql: &str) -> T {
     let conn = rusqlite::Connection::open(dir.join("marketgov.db")).unwrap();
-    conn.query_row("PRAGMA page_size", [], |r| r.get(0))
-        .unwrap()
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+fn page_size(dir: &std::path::Path) -> u32 {
+    query_db(dir, "PRAGMA page_size")
 }
 
 #[test]
@@ -775,15 +779,14 @@ fn until(what: &str, done: impl Fn() -> bool) {
 
 /// Events in the database file as SQLite itself sees them, committed whether durable or not.
 fn committed_events(dir: &std::path::Path) -> i64 {
-    let conn = rusqlite::Connection::open(dir.join("marketgov.db")).unwrap();
-    conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
-        .unwrap()
+    query_db(dir, "SELECT COUNT(*) FROM events")
 }
 
 /// A batch is committed before its sync (the writer goes on to the next one meanwhile); but
-/// nothing of it is acknowledged, and no read that answers a caller returns it, until its sync: the audit log, stream history, checkpoints and stats stop
-/// at the durable head, effects are not handed out, and found idempotency and versioned records
-/// are returned only once durable (a versioned record whose last write is durable at once).
+/// nothing of it is acknowledged, and no read that answers a caller returns it, until its sync:
+/// the audit log, stream history, checkpoints and stats stop at the durable head, effects are not
+/// handed out, and found idempotency and versioned records are returned only once durable (a
+/// versioned record whose last write is durable at once).
 #[test]
 fn a_committed_batch_is_neither_acknowledged_nor_read_before_its_sync() {
     let dir = tempfile::tempdir().unwrap();
