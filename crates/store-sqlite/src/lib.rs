@@ -790,6 +790,9 @@ impl Store for SqliteStore {
             verify_sum(&body, &sum, || format!("{}/{key}", table.name()))?;
             out.push((key, version as u64, body));
         }
+        // The reader goes back to the pool before any wait.
+        drop(st);
+        drop(conn);
         self.shared
             .wait_versioned_durable(table, out.iter().map(|(k, _, _)| k.as_str()))?;
         Ok(out)

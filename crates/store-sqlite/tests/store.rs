@@ -872,15 +872,17 @@ fn a_committed_batch_is_neither_acknowledged_nor_read_before_its_sync() {
     assert!(store.ready_outbox(i64::MAX, 10).unwrap().is_empty());
 
     let (found_tx, found_rx) = std::sync::mpsc::channel();
-    for read in 0..2 {
+    for read in 0..3 {
         let (store, found_tx) = (store.clone(), found_tx.clone());
         std::thread::spawn(move || {
-            let found = if read == 0 {
-                store.idempotency("t", "k").map(|r| r.is_some())
-            } else {
-                store
+            let found = match read {
+                0 => store.idempotency("t", "k").map(|r| r.is_some()),
+                1 => store
                     .versioned(VersionedTable::Cases, "case-1")
-                    .map(|r| r.is_some())
+                    .map(|r| r.is_some()),
+                _ => store
+                    .versioned_list(VersionedTable::Cases, "case-", "", 10)
+                    .map(|rows| rows.len() == 2),
             };
             let _ = found_tx.send((read, found));
         });
@@ -912,7 +914,7 @@ fn a_committed_batch_is_neither_acknowledged_nor_read_before_its_sync() {
     fault.release();
     wait(held).unwrap();
     wait(next).unwrap();
-    let mut answers: Vec<_> = (0..2)
+    let mut answers: Vec<_> = (0..3)
         .map(|_| {
             found_rx
                 .recv_timeout(std::time::Duration::from_secs(10))
@@ -921,7 +923,11 @@ fn a_committed_batch_is_neither_acknowledged_nor_read_before_its_sync() {
         .map(|(read, found)| (read, found.unwrap()))
         .collect();
     answers.sort();
-    assert_eq!(answers, vec![(0, true), (1, true)], "answered once durable");
+    assert_eq!(
+        answers,
+        vec![(0, true), (1, true), (2, true)],
+        "answered once durable"
+    );
     assert_eq!(seqs(store.audit_entries(1, 100).unwrap()), vec![1, 2, 3]);
     assert_eq!(store.load_stream("s").unwrap().events.len(), 3);
     assert_eq!(store.ready_outbox(i64::MAX, 10).unwrap().len(), 1);
