@@ -151,9 +151,14 @@ pub enum FaultMode {
     /// commits stay in flight, visible to readers but not durable and unacknowledged, for as long
     /// as a test needs.
     Held,
+    /// The batch's transaction fails while its commits are written (as a failed write to the
+    /// database would): nothing of it is committed, every caller in it is answered `Stopped`,
+    /// and the store stops.
+    BrokenTransaction,
 }
 
-/// Test seam: fails (or holds, [`FaultMode::Held`]) the `n`-th batch (counting from 1) at its sync.
+/// Test seam: fails (or holds, [`FaultMode::Held`]) the `n`-th batch (counting from 1), at its
+/// sync or, for [`FaultMode::BrokenTransaction`], as it is written.
 #[derive(Debug)]
 pub struct FaultInjector {
     fail_batch: u64,

@@ -111,6 +111,8 @@ pub(crate) struct OpenBatch {
     head_before: Head,
     pending_before: Pending,
     outbox_before: i64,
+    /// Test seam: the fault chosen for this batch, counted when it was opened.
+    fault: Option<FaultMode>,
 }
 
 impl Writer {
@@ -200,6 +202,7 @@ impl Writer {
                 head_before: self.head,
                 pending_before: self.pending,
                 outbox_before: self.outbox_id_max,
+                fault: self.fault.as_ref().and_then(|f| f.next_batch()),
             });
         }
         let result = self.write_one(&request.commit);
@@ -216,6 +219,15 @@ impl Writer {
     /// Writes one commit into the open transaction: `Ok(Err(_))` when the commit fails alone,
     /// `Err` when the transaction failed.
     fn write_one(&mut self, commit: &Commit) -> Result<Result<Receipt, Error>, Error> {
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|b| b.fault == Some(FaultMode::BrokenTransaction))
+        {
+            return Err(Error::Storage(
+                "injected fault: the transaction failed".into(),
+            ));
+        }
         let savepoints = self.open.as_ref().is_some_and(|b| b.savepoints);
         if savepoints {
             self.write_in_savepoint(commit)
@@ -353,7 +365,7 @@ impl Writer {
                 )
                 .map_err(storage)?;
         }
-        let fault = self.fault.as_ref().and_then(|f| f.next_batch());
+        let fault = open.fault;
         if fault == Some(FaultMode::LostSync) {
             // Rolled back: as if the sync never reached the disk.
             return Err(Error::Storage(

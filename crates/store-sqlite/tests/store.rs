@@ -293,9 +293,15 @@ fn timers_outbox_and_versioned_records() {
     ));
 }
 
+/// Also for a batch whose transaction fails as it is written: its caller is answered (not left
+/// with a dropped acknowledgement) and nothing of it is stored.
 #[test]
 fn a_failed_sync_acknowledges_nothing_of_its_batch_and_stops_the_writer() {
-    for mode in [FaultMode::LostSync, FaultMode::UnacknowledgedSync] {
+    for mode in [
+        FaultMode::LostSync,
+        FaultMode::UnacknowledgedSync,
+        FaultMode::BrokenTransaction,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut o = Options::new(dir.path());
@@ -307,14 +313,13 @@ fn a_failed_sync_acknowledges_nothing_of_its_batch_and_stops_the_writer() {
                     .unwrap(),
             )
             .unwrap();
-            let failed = wait(
-                store
-                    .commit(commit_events(vec![event("s", 2, "not acked")]))
-                    .unwrap(),
-            );
+            let failed = store
+                .commit(commit_events(vec![event("s", 2, "not acked")]))
+                .unwrap()
+                .blocking_recv();
             assert!(
-                matches!(failed, Err(Error::Stopped { .. })),
-                "{mode:?}: {failed:?}"
+                matches!(failed, Ok(Err(Error::Stopped { .. }))),
+                "{mode:?}: answered Stopped, not dropped: {failed:?}"
             );
             assert!(store.stopped().is_some());
             assert!(
@@ -333,7 +338,7 @@ fn a_failed_sync_acknowledges_nothing_of_its_batch_and_stops_the_writer() {
             "{mode:?}: the acknowledged commit is there"
         );
         match mode {
-            FaultMode::LostSync => assert_eq!(events.len(), 1),
+            FaultMode::LostSync | FaultMode::BrokenTransaction => assert_eq!(events.len(), 1),
             // Unacknowledged but durable data may be there; it must be whole and verified.
             FaultMode::UnacknowledgedSync => assert_eq!(events.len(), 2),
             FaultMode::Held => unreachable!("not a failure mode"),
