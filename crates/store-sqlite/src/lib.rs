@@ -33,7 +33,7 @@ mod writer;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -225,6 +225,8 @@ const DURABLE_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     stopped: Mutex<Option<String>>,
+    /// Whether `stopped` holds a reason: read without the lock on every commit.
+    is_stopped: AtomicBool,
     queued: AtomicUsize,
     commits: AtomicU64,
     batches: AtomicU64,
@@ -251,6 +253,7 @@ impl Shared {
         if let Ok(mut stopped) = self.stopped.lock() {
             stopped.get_or_insert_with(|| reason.to_owned());
         }
+        self.is_stopped.store(true, Ordering::SeqCst);
         self.durable_changed();
     }
 
@@ -347,6 +350,10 @@ impl Shared {
     }
 
     fn stopped_reason(&self) -> Option<String> {
+        // The common case, asked for every commit, takes no lock and copies no string.
+        if !self.is_stopped.load(Ordering::SeqCst) {
+            return None;
+        }
         match self.stopped.lock() {
             Ok(s) => s.clone(),
             Err(_) => Some("writer state poisoned".into()),
@@ -464,9 +471,11 @@ impl SqliteStore {
             .map_err(|e| Error::Unavailable(format!("cannot start the sync thread: {e}")))?;
         let w = writer::Writer {
             conn,
-            head,
-            pending,
-            outbox_id_max,
+            tail: writer::Tail {
+                head,
+                pending,
+                outbox_id_max,
+            },
             to_sync,
             syncer: Some(syncer),
             open: None,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use marketgov_store::{Error, Receipt};
 use tokio::sync::oneshot;
 
-use crate::writer::{Inbound, Pending};
+use crate::writer::{Inbound, Tail};
 use crate::{FaultInjector, Shared};
 
 /// Committed batches waiting for the sync thread, at most; beyond that the writer waits. One sync
@@ -38,12 +38,8 @@ pub(crate) struct Committed {
     pub batch: u64,
     /// Each caller with its commit's own result.
     pub acks: Vec<(AckSender, Result<Receipt, Error>)>,
-    /// The audit head after it.
-    pub head_seq: u64,
-    /// Pending counts after it.
-    pub pending: Pending,
-    /// The highest outbox row id after it.
-    pub outbox_id_max: i64,
+    /// The audit head, pending counts and highest outbox row id after it.
+    pub tail: Tail,
     /// Test seam: wait for [`FaultInjector::release`] before syncing it.
     pub hold: bool,
 }
@@ -151,9 +147,10 @@ impl Syncer {
 
     fn publish(&self, c: &Committed) {
         let s = &self.shared;
-        s.head_seq.store(c.head_seq, Ordering::SeqCst);
-        s.outbox_id_durable.store(c.outbox_id_max, Ordering::SeqCst);
-        c.pending.publish(s);
+        s.head_seq.store(c.tail.head.seq, Ordering::SeqCst);
+        s.outbox_id_durable
+            .store(c.tail.outbox_id_max, Ordering::SeqCst);
+        c.tail.pending.publish(s);
         s.commits.fetch_add(c.acks.len() as u64, Ordering::Relaxed);
         s.batches.fetch_add(1, Ordering::Relaxed);
         s.set_durable_batch(c.batch);

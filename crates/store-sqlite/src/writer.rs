@@ -82,10 +82,8 @@ pub(crate) enum Inbound {
 
 pub(crate) struct Writer {
     pub conn: Connection,
-    pub head: Head,
-    pub pending: Pending,
-    /// The highest outbox row id written.
-    pub outbox_id_max: i64,
+    /// What the commits written so far have advanced (committed or not).
+    pub tail: Tail,
     pub signer: Option<CheckpointSigner>,
     pub checkpoint_every: u64,
     pub last_checkpoint: u64,
@@ -108,9 +106,8 @@ pub(crate) struct OpenBatch {
     results: Vec<Result<Receipt, Error>>,
     /// Each commit in its own savepoint (once one of them has failed).
     savepoints: bool,
-    head_before: Head,
-    pending_before: Pending,
-    outbox_before: i64,
+    /// The tail before its first commit: restored when the batch is rolled back.
+    before: Tail,
     /// Test seam: the fault chosen for this batch, counted when it was opened.
     fault: Option<FaultMode>,
 }
@@ -199,9 +196,7 @@ impl Writer {
                 requests: Vec::with_capacity(self.batch_commits_max.min(64)),
                 results: Vec::with_capacity(self.batch_commits_max.min(64)),
                 savepoints: false,
-                head_before: self.head,
-                pending_before: self.pending,
-                outbox_before: self.outbox_id_max,
+                before: self.tail,
                 fault: self.fault.as_ref().and_then(|f| f.next_batch()),
             });
         }
@@ -232,12 +227,7 @@ impl Writer {
         if savepoints {
             self.write_in_savepoint(commit)
         } else {
-            let mut tail = Tail {
-                head: &mut self.head,
-                pending: &mut self.pending,
-                outbox_id_max: &mut self.outbox_id_max,
-            };
-            match write_commit(&self.conn, &mut tail, commit) {
+            match write_commit(&self.conn, &mut self.tail, commit) {
                 Ok(receipt) => Ok(Ok(receipt)),
                 Err(_) => {
                     // One commit failed: the batch is written again with a savepoint per
@@ -252,16 +242,11 @@ impl Writer {
     /// Writes `commit` in its own savepoint: `Ok(Err(_))` when it fails alone (rolled back);
     /// `Err` when the transaction itself failed.
     fn write_in_savepoint(&mut self, commit: &Commit) -> Result<Result<Receipt, Error>, Error> {
-        let (head, pending, outbox) = (self.head, self.pending, self.outbox_id_max);
+        let before = self.tail;
         self.conn
             .execute_batch("SAVEPOINT one_commit")
             .map_err(storage)?;
-        let mut tail = Tail {
-            head: &mut self.head,
-            pending: &mut self.pending,
-            outbox_id_max: &mut self.outbox_id_max,
-        };
-        match write_commit(&self.conn, &mut tail, commit) {
+        match write_commit(&self.conn, &mut self.tail, commit) {
             Ok(receipt) => {
                 self.conn
                     .execute_batch("RELEASE one_commit")
@@ -272,9 +257,7 @@ impl Writer {
                 self.conn
                     .execute_batch("ROLLBACK TO one_commit; RELEASE one_commit")
                     .map_err(storage)?;
-                self.head = head;
-                self.pending = pending;
-                self.outbox_id_max = outbox;
+                self.tail = before;
                 Ok(Err(e))
             }
         }
@@ -289,9 +272,7 @@ impl Writer {
         let Some(mut open) = self.open.take() else {
             return Ok(());
         };
-        self.head = open.head_before;
-        self.pending = open.pending_before;
-        self.outbox_id_max = open.outbox_before;
+        self.tail = open.before;
         open.results.clear();
         let restarted = self
             .conn
@@ -324,9 +305,7 @@ impl Writer {
             return;
         };
         let _ = self.conn.execute_batch("ROLLBACK");
-        self.head = open.head_before;
-        self.pending = open.pending_before;
-        self.outbox_id_max = open.outbox_before;
+        self.tail = open.before;
         self.shared.stop(&reason);
         self.hand_over(ToSync::Failed {
             acks: open.requests.into_iter().map(|r| r.ack).collect(),
@@ -352,18 +331,12 @@ impl Writer {
         let Some(open) = self.open.as_ref() else {
             return Ok(());
         };
-        if self.pending != open.pending_before {
-            self.pending.write(&self.conn)?;
+        if self.tail.pending != open.before.pending {
+            self.tail.pending.write(&self.conn)?;
         }
-        let checkpoint_due = self.head.seq >= self.last_checkpoint + self.checkpoint_every;
-        if let (Some(signer), true) = (&self.signer, checkpoint_due) {
-            let c = signer.sign(self.head.seq, &self.head.hash);
-            self.conn
-                .execute(
-                    "INSERT INTO checkpoints (seq, hash, signature) VALUES (?1, ?2, ?3)",
-                    params![c.seq as i64, c.hash, c.signature],
-                )
-                .map_err(storage)?;
+        let checkpoint_due = self.tail.head.seq >= self.last_checkpoint + self.checkpoint_every;
+        if checkpoint_due {
+            self.insert_checkpoint()?;
         }
         let fault = open.fault;
         if fault == Some(FaultMode::LostSync) {
@@ -382,7 +355,7 @@ impl Writer {
             return Ok(());
         };
         if checkpoint_due && self.signer.is_some() {
-            self.last_checkpoint = self.head.seq;
+            self.last_checkpoint = self.tail.head.seq;
         }
         if fault == Some(FaultMode::UnacknowledgedSync) {
             // On disk, but the callers are told it failed.
@@ -404,9 +377,7 @@ impl Writer {
                 .map(|r| r.ack)
                 .zip(open.results)
                 .collect(),
-            head_seq: self.head.seq,
-            pending: self.pending,
-            outbox_id_max: self.outbox_id_max,
+            tail: self.tail,
             hold: fault == Some(FaultMode::Held),
         }));
         Ok(())
@@ -415,30 +386,39 @@ impl Writer {
     /// On a clean close, signs whatever the last checkpoint does not cover, so a stopped store's
     /// whole log is signed.
     fn final_checkpoint(&mut self) {
-        let (Some(signer), None) = (&self.signer, self.shared.stopped_reason()) else {
-            return;
-        };
-        if self.head.seq <= self.last_checkpoint {
+        if self.signer.is_none()
+            || self.shared.stopped_reason().is_some()
+            || self.tail.head.seq <= self.last_checkpoint
+        {
             return;
         }
-        let c = signer.sign(self.head.seq, &self.head.hash);
         let batch = self.shared.batch_becomes_visible();
-        let written = self.conn.execute(
-            "INSERT INTO checkpoints (seq, hash, signature) VALUES (?1, ?2, ?3)",
-            params![c.seq as i64, c.hash, c.signature],
-        );
-        if written.is_ok() {
-            self.last_checkpoint = self.head.seq;
+        if self.insert_checkpoint().is_ok() {
+            self.last_checkpoint = self.tail.head.seq;
             self.handed_over = batch;
             self.hand_over(ToSync::Committed(Committed {
                 batch,
                 acks: Vec::new(),
-                head_seq: self.head.seq,
-                pending: self.pending,
-                outbox_id_max: self.outbox_id_max,
+                tail: self.tail,
                 hold: false,
             }));
         }
+    }
+
+    /// Writes a signed checkpoint of the current head (none without a signer).
+    fn insert_checkpoint(&self) -> Result<(), Error> {
+        let Some(signer) = &self.signer else {
+            return Ok(());
+        };
+        let head = self.tail.head;
+        let c = signer.sign(head.seq, &head.hash);
+        self.conn
+            .execute(
+                "INSERT INTO checkpoints (seq, hash, signature) VALUES (?1, ?2, ?3)",
+                params![c.seq as i64, c.hash, c.signature],
+            )
+            .map_err(storage)?;
+        Ok(())
     }
 
     /// Gives the sync thread its next item; if it is gone (a bug), fails the item's callers.
@@ -459,17 +439,21 @@ impl Writer {
     }
 }
 
-/// What a commit advances: the audit head, the pending counts, the outbox's row ids.
-struct Tail<'a> {
-    head: &'a mut Head,
-    pending: &'a mut Pending,
-    outbox_id_max: &'a mut i64,
+/// What a commit advances, saved and restored whole when a commit or batch is undone: the audit
+/// head, the pending counts, the highest outbox row id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tail {
+    pub head: Head,
+    pub pending: Pending,
+    pub outbox_id_max: i64,
 }
 
-fn write_commit(tx: &Connection, tail: &mut Tail<'_>, commit: &Commit) -> Result<Receipt, Error> {
-    let head = &mut *tail.head;
-    let pending = &mut *tail.pending;
-    let outbox_id_max = &mut *tail.outbox_id_max;
+fn write_commit(tx: &Connection, tail: &mut Tail, commit: &Commit) -> Result<Receipt, Error> {
+    let Tail {
+        head,
+        pending,
+        outbox_id_max,
+    } = tail;
     let mut receipt = Receipt {
         entries: Vec::with_capacity(commit.events.len()),
     };
