@@ -12,6 +12,9 @@
 
 use std::fmt;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 pub use marketgov_audit::{Checkpoint, Entry, Hash};
 
 /// Errors of a store.

@@ -1,0 +1,749 @@
+//! # marketgov-store-log
+//!
+//! A log-structured embedded store: the whole store is a sequence of append-only segment files
+//! (`log/*.seg` in the data directory) holding checksummed records in batches. One writer thread
+//! group-commits: every commit queued while the last batch was written shares the next batch,
+//! written with one `pwrite` and synced with one `fdatasync` before anything of it is applied to
+//! the in-memory index or acknowledged. Readers look records up in the index and read them from
+//! the segments by location.
+//!
+//! Built because the SQLite store's writer is the largest single cost per event in the
+//! benchmarks (docs/PERFORMANCE.md): every commit there dirties B-tree pages of random-key
+//! indexes, each written whole to the WAL and again at the checkpoint. Here a commit costs its
+//! own bytes once. Design, limits and what is not built yet: docs/store-log.md.
+//!
+//! **What it owns:** the record format, the segments, the writer, recovery (a torn final batch is
+//! cut off; any other damage is named), the in-memory index, checksums of every record and the
+//! audit chain's hashes. **What it must not know:** what events mean (bytes in, bytes out).
+//!
+//! Reads answer the durable state only: the index changes after the sync, so nothing not yet
+//! durable is ever read, and no read waits for a sync.
+
+mod frame;
+mod index;
+mod segments;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+
+use marketgov_audit::{entry_hash, CheckpointSigner, Entry};
+use marketgov_store::{
+    Ack, Checkpoint, Commit, Error, IdempotencyRecord, OutboxRow, Snapshot, Store, StoreStats,
+    StreamLoad, TimerRow, VersionedTable,
+};
+
+use crate::frame::{table_code, Record};
+use crate::index::{Index, Loc};
+
+/// Options of the log-structured store.
+#[derive(Debug)]
+pub struct Options {
+    /// The data directory (created if missing).
+    pub dir: PathBuf,
+    /// Commits waiting for the writer before new ones are refused.
+    pub commit_queue_max: usize,
+    /// Commits written per batch at most.
+    pub batch_commits_max: usize,
+    /// A signed checkpoint every this many audit entries (needs `signer`).
+    pub checkpoint_every_entries: u64,
+    /// Signs checkpoints.
+    pub signer: Option<CheckpointSigner>,
+    /// Audit entries at the tail of the log whose hashes are re-verified on open (every record's
+    /// CRC and the chain's links are checked on open regardless).
+    pub verify_tail_entries: u64,
+    /// Test seam: makes a chosen batch fail or wait.
+    pub fault: Option<Arc<FaultInjector>>,
+}
+
+impl Options {
+    /// Safe defaults for `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            commit_queue_max: 16_384,
+            batch_commits_max: 1024,
+            checkpoint_every_entries: 1000,
+            signer: None,
+            verify_tail_entries: 1024,
+            fault: None,
+        }
+    }
+}
+
+/// How an injected fault behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultMode {
+    /// The batch is never written and the writer is told the sync failed.
+    LostSync,
+    /// The batch reaches the disk, but the writer is told the sync failed.
+    UnacknowledgedSync,
+    /// Half of the batch is written, then the write fails (a torn write).
+    TornWrite,
+    /// The batch is written and synced, then waits until [`FaultInjector::release`] before it
+    /// is applied and acknowledged.
+    Held,
+}
+
+/// Test seam: fails (or holds) the `n`-th batch written (counting from 1).
+#[derive(Debug)]
+pub struct FaultInjector {
+    fail_batch: u64,
+    mode: FaultMode,
+    batches: AtomicU64,
+    released: Mutex<bool>,
+    holding: AtomicBool,
+    release: Condvar,
+}
+
+impl FaultInjector {
+    /// Fails batch number `fail_batch` in `mode`.
+    pub fn fail_batch(fail_batch: u64, mode: FaultMode) -> Arc<Self> {
+        Arc::new(Self {
+            fail_batch,
+            mode,
+            batches: AtomicU64::new(0),
+            released: Mutex::new(false),
+            holding: AtomicBool::new(false),
+            release: Condvar::new(),
+        })
+    }
+
+    /// Lets a [`FaultMode::Held`] batch go on (now, or when it comes).
+    pub fn release(&self) {
+        if let Ok(mut released) = self.released.lock() {
+            *released = true;
+            self.release.notify_all();
+        }
+    }
+
+    /// Whether a [`FaultMode::Held`] batch is waiting now.
+    pub fn holding(&self) -> bool {
+        self.holding.load(Ordering::SeqCst)
+    }
+
+    fn hold(&self) {
+        let Ok(mut released) = self.released.lock() else {
+            return;
+        };
+        self.holding.store(true, Ordering::SeqCst);
+        while !*released {
+            match self.release.wait(released) {
+                Ok(r) => released = r,
+                Err(_) => break,
+            }
+        }
+        self.holding.store(false, Ordering::SeqCst);
+    }
+
+    fn next_batch(&self) -> Option<FaultMode> {
+        let n = self.batches.fetch_add(1, Ordering::Relaxed) + 1;
+        (n == self.fail_batch).then_some(self.mode)
+    }
+}
+
+/// State shared by the writer and the handle.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub index: RwLock<Index>,
+    pub segments: segments::Segments,
+    stopped: Mutex<Option<String>>,
+    is_stopped: AtomicBool,
+    pub queued: AtomicUsize,
+    pub commits: AtomicU64,
+    pub batches: AtomicU64,
+    pub fault: Option<Arc<FaultInjector>>,
+}
+
+impl Shared {
+    pub fn stop(&self, reason: &str) {
+        if let Ok(mut s) = self.stopped.lock() {
+            if s.is_none() {
+                *s = Some(reason.to_owned());
+                self.is_stopped.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    pub fn stopped_reason(&self) -> Option<String> {
+        if !self.is_stopped.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.stopped.lock().ok().and_then(|s| s.clone())
+    }
+}
+
+/// The log-structured store.
+#[derive(Debug)]
+pub struct LogStore {
+    tx: Option<SyncSender<writer::Inbound>>,
+    shared: Arc<Shared>,
+    commit_queue_max: usize,
+    writer: Option<JoinHandle<()>>,
+    _lock: File,
+    dir: PathBuf,
+    cut_bytes: u64,
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the store in `options.dir`: reads every segment, cuts off a
+    /// torn final batch, re-verifies the tail of the audit chain.
+    pub fn open(options: Options) -> Result<Self, Error> {
+        std::fs::create_dir_all(&options.dir)
+            .map_err(|e| Error::Unavailable(format!("{}: {e}", options.dir.display())))?;
+        let lock_path = options.dir.join("LOCK");
+        let lock = File::create(&lock_path)
+            .map_err(|e| Error::Unavailable(format!("{}: {e}", lock_path.display())))?;
+        lock.try_lock().map_err(|_| {
+            Error::Unavailable(format!(
+                "{} is in use by another process",
+                options.dir.display()
+            ))
+        })?;
+        let mut shared = Shared {
+            fault: options.fault.clone(),
+            ..Shared::default()
+        };
+        let mut index = Index::default();
+        let opened = segments::open_all(
+            &segments::dir_of(&options.dir),
+            &shared.segments,
+            &mut index,
+        )?;
+        verify_tail(&index, &shared.segments, options.verify_tail_entries)?;
+        let last_checkpoint = index.checkpoints.last().map_or(0, |c| c.seq);
+        let effect_id = index.effect_id_max;
+        let segment = (shared.segments.len() - 1) as u32;
+        shared.index = RwLock::new(index);
+        let shared = Arc::new(shared);
+        let (tx, rx) = sync_channel(options.commit_queue_max);
+        let w = writer::Writer {
+            shared: shared.clone(),
+            dir: options.dir.clone(),
+            file: opened.last,
+            segment,
+            len: opened.last_len,
+            signer: options.signer,
+            checkpoint_every: options.checkpoint_every_entries.max(1),
+            last_checkpoint,
+            batch_commits_max: options.batch_commits_max.max(1),
+            effect_id,
+        };
+        let writer = std::thread::Builder::new()
+            .name("marketgov-store-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| Error::Unavailable(format!("cannot start the writer: {e}")))?;
+        Ok(Self {
+            tx: Some(tx),
+            shared,
+            commit_queue_max: options.commit_queue_max,
+            writer: Some(writer),
+            _lock: lock,
+            dir: options.dir,
+            cut_bytes: opened.cut_bytes,
+        })
+    }
+
+    /// The store's size on disk: its segments, in bytes.
+    pub fn bytes_on_disk(&self) -> u64 {
+        std::fs::read_dir(segments::dir_of(&self.dir))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The last durable audit sequence number.
+    pub fn head_seq(&self) -> u64 {
+        self.index().map_or(0, |i| i.head.seq)
+    }
+
+    /// Why the writer stopped, if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.shared.stopped_reason()
+    }
+
+    /// Bytes of a torn final batch cut off when this store was opened (0: none).
+    pub fn cut_on_open(&self) -> u64 {
+        self.cut_bytes
+    }
+
+    fn index(&self) -> Result<RwLockReadGuard<'_, Index>, Error> {
+        self.shared
+            .index
+            .read()
+            .map_err(|_| Error::Storage("index poisoned".into()))
+    }
+
+    fn read(&self, loc: Loc) -> Result<Record, Error> {
+        self.shared.segments.read(loc)
+    }
+
+    fn entry_at(&self, loc: Loc) -> Result<(u64, Entry), Error> {
+        match self.read(loc)? {
+            Record::Event {
+                seq,
+                version,
+                prev_hash,
+                hash,
+                body,
+                ..
+            } => Ok((
+                version,
+                Entry {
+                    seq,
+                    prev_hash,
+                    hash,
+                    bytes: body,
+                },
+            )),
+            other => Err(wrong_record(loc, "an event", &other)),
+        }
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(writer::Inbound::Close);
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn wrong_record(loc: Loc, expected: &str, found: &Record) -> Error {
+    let found = format!("{found:?}");
+    Error::Corrupt {
+        location: format!("segment {} offset {}", loc.segment() + 1, loc.offset()),
+        detail: format!(
+            "expected {expected}, found {}",
+            found.split([' ', '(']).next().unwrap_or("another record")
+        ),
+    }
+}
+
+fn check_entry(e: &Entry) -> Result<(), Error> {
+    if entry_hash(&e.prev_hash, e.seq, &e.bytes) == e.hash {
+        Ok(())
+    } else {
+        Err(Error::Corrupt {
+            location: format!("audit entry {}", e.seq),
+            detail: "hash mismatch: the entry was changed".into(),
+        })
+    }
+}
+
+/// Re-verifies the hashes of the last `tail_entries` audit entries (their CRCs and links were
+/// checked by the scan).
+fn verify_tail(
+    index: &Index,
+    segments: &segments::Segments,
+    tail_entries: u64,
+) -> Result<(), Error> {
+    let last = index.head.seq;
+    if last == 0 || tail_entries == 0 {
+        return Ok(());
+    }
+    let mut seq = last.saturating_sub(tail_entries - 1).max(1);
+    while seq <= last {
+        let entries = entries_from(segments, index.seq_mark(seq), last, seq, VERIFY_PAGE)?;
+        let Some(end) = entries.last().map(|e| e.seq) else {
+            return Err(Error::Corrupt {
+                location: format!("audit entry {seq}"),
+                detail: "the tail of the log is unreadable".into(),
+            });
+        };
+        for e in &entries {
+            check_entry(e)?;
+        }
+        seq = end + 1;
+    }
+    Ok(())
+}
+
+/// Audit entries re-verified per read when the store opens.
+const VERIFY_PAGE: usize = 1024;
+
+/// Up to `limit` audit entries from `from_seq`, never past `head`, found by scanning forward
+/// from `mark` (the nearest indexed entry at or before it: its seq and location).
+fn entries_from(
+    segments: &segments::Segments,
+    mark: Option<(u64, Loc)>,
+    head: u64,
+    from_seq: u64,
+    limit: usize,
+) -> Result<Vec<Entry>, Error> {
+    let mut out = Vec::new();
+    let Some((mut seq, mut loc)) = mark else {
+        return Ok(out);
+    };
+    let mut segment_len: Option<(u32, u64)> = None;
+    while seq <= head && out.len() < limit {
+        let (record, size) = segments.read_sized(loc)?;
+        if let Record::Event {
+            seq: s,
+            prev_hash,
+            hash,
+            body,
+            ..
+        } = record
+        {
+            if s != seq {
+                return Err(Error::Corrupt {
+                    location: format!("segment {} offset {}", loc.segment() + 1, loc.offset()),
+                    detail: format!("audit entry {s} found where {seq} belongs"),
+                });
+            }
+            if s >= from_seq {
+                out.push(Entry {
+                    seq: s,
+                    prev_hash,
+                    hash,
+                    bytes: body,
+                });
+            }
+            seq += 1;
+        }
+        // The next frame: in this segment, or the first of the next.
+        let len = match segment_len {
+            Some((segment, len)) if segment == loc.segment() => len,
+            _ => {
+                let len = segments
+                    .file(loc.segment())?
+                    .metadata()
+                    .map_err(|e| Error::Storage(format!("segment {}: {e}", loc.segment() + 1)))?
+                    .len();
+                segment_len = Some((loc.segment(), len));
+                len
+            }
+        };
+        let next = loc.offset() + size as u64;
+        loc = if next < len {
+            Loc::new(loc.segment(), next)
+        } else {
+            Loc::new(loc.segment() + 1, 0)
+        };
+    }
+    Ok(out)
+}
+
+impl Store for LogStore {
+    fn commit(&self, commit: Commit) -> Result<Ack, Error> {
+        if let Some(reason) = self.shared.stopped_reason() {
+            return Err(Error::Stopped { reason });
+        }
+        let Some(tx) = self.tx.as_ref() else {
+            return Err(Error::Stopped {
+                reason: "store closed".into(),
+            });
+        };
+        let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        match tx.try_send(writer::Inbound::Commit(writer::Request {
+            commit,
+            ack: ack_tx,
+        })) {
+            Ok(()) => Ok(ack_rx),
+            Err(TrySendError::Full(_)) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(Error::Overloaded {
+                    queued: self.commit_queue_max,
+                })
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(Error::Stopped {
+                    reason: "writer gone".into(),
+                })
+            }
+        }
+    }
+
+    fn load_stream(&self, stream: &str) -> Result<StreamLoad, Error> {
+        let (snapshot, events) = {
+            let index = self.index()?;
+            let Some(s) = index.streams.get(stream) else {
+                return Ok(StreamLoad::default());
+            };
+            let after = s.snapshot.map_or(0, |(v, _)| v);
+            let events: Vec<Loc> = s
+                .events
+                .get(usize::try_from(after).unwrap_or(usize::MAX)..)
+                .unwrap_or(&[])
+                .to_vec();
+            (s.snapshot, (after, events))
+        };
+        let snapshot = match snapshot {
+            None => None,
+            Some((version, loc)) => match self.read(loc)? {
+                Record::Snapshot {
+                    stream: s,
+                    version: v,
+                    body,
+                } if s == stream && v == version => Some(Snapshot {
+                    stream: s,
+                    version: v,
+                    body,
+                }),
+                other => return Err(wrong_record(loc, "the stream's snapshot", &other)),
+            },
+        };
+        let (after, locs) = events;
+        let mut out = Vec::with_capacity(locs.len());
+        for (i, loc) in locs.into_iter().enumerate() {
+            let (version, entry) = self.entry_at(loc)?;
+            check_entry(&entry)?;
+            if version != after + i as u64 + 1 {
+                return Err(Error::Corrupt {
+                    location: format!("segment {} offset {}", loc.segment() + 1, loc.offset()),
+                    detail: format!(
+                        "{stream} version {version} indexed as {}",
+                        after + i as u64 + 1
+                    ),
+                });
+            }
+            out.push((version, entry.bytes));
+        }
+        Ok(StreamLoad {
+            snapshot,
+            events: out,
+        })
+    }
+
+    fn idempotency(&self, tenant: &str, key: &str) -> Result<Option<IdempotencyRecord>, Error> {
+        let loc = {
+            let index = self.index()?;
+            match index.keys.get(&(tenant.to_owned(), key.to_owned())) {
+                Some(k) => k.loc,
+                None => return Ok(None),
+            }
+        };
+        match self.read(loc)? {
+            Record::IdempotencyPut {
+                tenant: t,
+                key: k,
+                operation,
+                fingerprint,
+                created_at_ms,
+                response,
+            } if t == tenant && k == key => Ok(Some(IdempotencyRecord {
+                tenant: t,
+                key: k,
+                operation,
+                fingerprint,
+                response,
+                created_at_ms,
+            })),
+            other => Err(wrong_record(loc, "the idempotency record", &other)),
+        }
+    }
+
+    fn idempotency_keys(
+        &self,
+        after: &(String, String),
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let index = self.index()?;
+        Ok(index
+            .keys
+            .range::<(String, String), _>((
+                std::ops::Bound::Excluded(after),
+                std::ops::Bound::Unbounded,
+            ))
+            .take(limit)
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    fn due_timers(&self, until_ms: i64, limit: usize) -> Result<Vec<TimerRow>, Error> {
+        let index = self.index()?;
+        Ok(index
+            .timers_due
+            .iter()
+            .take_while(|(due, _, _)| *due <= until_ms)
+            .take(limit)
+            .map(|(due, stream, kind)| TimerRow {
+                stream: stream.clone(),
+                kind: kind.clone(),
+                due_at_ms: *due,
+            })
+            .collect())
+    }
+
+    fn ready_outbox(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, Error> {
+        let ready: Vec<(Loc, u32, i64)> = {
+            let index = self.index()?;
+            index
+                .effects_ready
+                .iter()
+                .take_while(|((next, _), _)| *next <= now_ms)
+                .take(limit)
+                .filter_map(|(_, key)| index.effects.get(key))
+                .map(|e| (e.loc, e.attempts, e.next_attempt_ms))
+                .collect()
+        };
+        let mut out = Vec::with_capacity(ready.len());
+        for (loc, attempts, next_attempt_ms) in ready {
+            match self.read(loc)? {
+                Record::OutboxPut {
+                    id,
+                    effect_key,
+                    stream,
+                    connector,
+                    body,
+                    ..
+                } => out.push(OutboxRow {
+                    id,
+                    effect_key,
+                    stream,
+                    connector,
+                    body,
+                    attempts,
+                    next_attempt_ms,
+                }),
+                other => return Err(wrong_record(loc, "a queued effect", &other)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn versioned(&self, table: VersionedTable, key: &str) -> Result<Option<(u64, Vec<u8>)>, Error> {
+        let loc = {
+            let index = self.index()?;
+            match index.versioned.get(&(table_code(table), key.to_owned())) {
+                Some((_, loc)) => *loc,
+                None => return Ok(None),
+            }
+        };
+        match self.read(loc)? {
+            Record::Versioned {
+                table: t,
+                key: k,
+                version,
+                body,
+            } if t == table && k == key => Ok(Some((version, body))),
+            other => Err(wrong_record(loc, "the versioned record", &other)),
+        }
+    }
+
+    fn versioned_list(
+        &self,
+        table: VersionedTable,
+        prefix: &str,
+        after_key: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, u64, Vec<u8>)>, Error> {
+        let code = table_code(table);
+        let locs: Vec<Loc> = {
+            let index = self.index()?;
+            index
+                .versioned
+                .range((
+                    std::ops::Bound::Excluded((code, after_key.to_owned())),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|((c, _), _)| *c == code)
+                .filter(|((_, k), _)| k.starts_with(prefix))
+                .take(limit)
+                .map(|(_, (_, loc))| *loc)
+                .collect()
+        };
+        let mut out = Vec::with_capacity(locs.len());
+        for loc in locs {
+            match self.read(loc)? {
+                Record::Versioned {
+                    table: t,
+                    key,
+                    version,
+                    body,
+                } if t == table => out.push((key, version, body)),
+                other => return Err(wrong_record(loc, "a versioned record", &other)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn streams(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<String>, Error> {
+        use std::ops::Bound;
+        let lower = if after >= prefix {
+            Bound::Excluded(after)
+        } else {
+            Bound::Included(prefix)
+        };
+        let index = self.index()?;
+        Ok(index
+            .streams
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(|(name, _)| name)
+            .take_while(|name| name.starts_with(prefix))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn stream_history(
+        &self,
+        stream: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Entry)>, Error> {
+        let locs: Vec<Loc> = {
+            let index = self.index()?;
+            let Some(s) = index.streams.get(stream) else {
+                return Ok(Vec::new());
+            };
+            s.events
+                .iter()
+                .skip(usize::try_from(after_version).unwrap_or(usize::MAX))
+                .take(limit)
+                .copied()
+                .collect()
+        };
+        let mut out = Vec::with_capacity(locs.len());
+        for loc in locs {
+            let (version, entry) = self.entry_at(loc)?;
+            check_entry(&entry)?;
+            out.push((version, entry));
+        }
+        Ok(out)
+    }
+
+    fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<Entry>, Error> {
+        // Not checked here: the verifier's job is to name what is wrong, so hand it the rows.
+        let from = from_seq.max(1);
+        let (mark, head) = {
+            let index = self.index()?;
+            (index.seq_mark(from), index.head.seq)
+        };
+        entries_from(&self.shared.segments, mark, head, from, limit)
+    }
+
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>, Error> {
+        Ok(self.index()?.checkpoints.clone())
+    }
+
+    fn stats(&self) -> Result<StoreStats, Error> {
+        let index = self.index()?;
+        Ok(StoreStats {
+            events: index.head.seq,
+            commits: self.shared.commits.load(Ordering::Relaxed),
+            batches: self.shared.batches.load(Ordering::Relaxed),
+            timers: index.timers.len() as u64,
+            outbox: index.effects_pending,
+        })
+    }
+}

@@ -1,0 +1,346 @@
+//! The segment files: `log/0000000001.seg`, ... in the data directory, each a sequence of whole
+//! batches. Only the last is written to; a batch never spans two. Readers share the open files
+//! and read frames by location (`pread`).
+//!
+//! Opening scans every segment batch by batch and applies each to the index. What counts as the
+//! torn end of the log, and what as damage:
+//! - the bytes after the last whole batch of the **last** segment, when they are at most one
+//!   batch long and do not form a whole batch (an unfinished `write` when the process or machine
+//!   stopped; never acknowledged, since a batch is acknowledged only after its sync and the next
+//!   batch is written only after that): cut off, and the cut is synced;
+//! - anything else that does not check out (a bad frame inside a whole batch, a batch followed by
+//!   more data, a short batch in an earlier segment, records that do not follow the log): the
+//!   store refuses to open with [`Error::Corrupt`] naming the segment and offset.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use marketgov_store::Error;
+
+use crate::frame::{self, Bad, Record, BEGIN_FRAME_BYTES};
+use crate::index::{Index, Loc};
+
+/// A new segment is started when the current one has grown past this.
+pub const SEGMENT_BYTES_MAX: u64 = 256 << 20;
+/// One batch's bytes at most (the writer closes a batch before it grows past this).
+pub const BATCH_BYTES_MAX: u64 = 32 << 20;
+
+/// The segments' directory inside the data directory.
+pub fn dir_of(data_dir: &Path) -> PathBuf {
+    data_dir.join("log")
+}
+
+fn file_name(number: u32) -> String {
+    format!("{number:010}.seg")
+}
+
+/// The open segments, shared by the writer and the readers.
+#[derive(Debug, Default)]
+pub struct Segments {
+    files: RwLock<Vec<Arc<File>>>,
+}
+
+impl Segments {
+    pub fn file(&self, segment: u32) -> Result<Arc<File>, Error> {
+        let files = self
+            .files
+            .read()
+            .map_err(|_| Error::Storage("segment list poisoned".into()))?;
+        files
+            .get(segment as usize)
+            .cloned()
+            .ok_or_else(|| Error::Corrupt {
+                location: format!("segment {segment}"),
+                detail: "an index entry points at a segment that does not exist".into(),
+            })
+    }
+
+    pub fn push(&self, file: Arc<File>) -> Result<u32, Error> {
+        let mut files = self
+            .files
+            .write()
+            .map_err(|_| Error::Storage("segment list poisoned".into()))?;
+        files.push(file);
+        Ok((files.len() - 1) as u32)
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.read().map_or(0, |f| f.len())
+    }
+
+    /// Reads and checks the frame at `loc`.
+    pub fn read(&self, loc: Loc) -> Result<Record, Error> {
+        self.read_sized(loc).map(|(r, _)| r)
+    }
+
+    /// Reads and checks the frame at `loc`: its record and its size in bytes.
+    pub fn read_sized(&self, loc: Loc) -> Result<(Record, usize), Error> {
+        let file = self.file(loc.segment())?;
+        read_frame(&file, loc)
+    }
+}
+
+fn corrupt(loc: Loc, detail: impl Into<String>) -> Error {
+    Error::Corrupt {
+        location: format!("segment {} offset {}", loc.segment() + 1, loc.offset()),
+        detail: detail.into(),
+    }
+}
+
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::Storage(format!("{}: {e}", path.display()))
+}
+
+/// Reads one frame at `loc`; a frame that does not check out is corruption.
+pub fn read_frame(file: &File, loc: Loc) -> Result<(Record, usize), Error> {
+    let mut header = [0u8; frame::FRAME_HEADER_BYTES];
+    file.read_exact_at(&mut header, loc.offset())
+        .map_err(|e| corrupt(loc, format!("unreadable frame header: {e}")))?;
+    let total = frame::frame_length(&header).map_err(|b| corrupt(loc, describe(&b)))?;
+    let mut buf = vec![0u8; total];
+    file.read_exact_at(&mut buf, loc.offset())
+        .map_err(|e| corrupt(loc, format!("unreadable frame: {e}")))?;
+    frame::decode(&buf).map_err(|b| corrupt(loc, describe(&b)))
+}
+
+fn describe(b: &Bad) -> String {
+    match b {
+        Bad::Short => "the frame is cut short".into(),
+        Bad::Invalid(why) => why.clone(),
+    }
+}
+
+/// The file of a segment, created (and the directory synced, so its name survives a power loss)
+/// if it does not exist.
+pub fn create(dir: &Path, number: u32) -> Result<File, Error> {
+    let path = dir.join(file_name(number));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| io(&path, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, e))?;
+    Ok(file)
+}
+
+/// What opening found: the last segment's file and its length (where the next batch goes).
+#[derive(Debug)]
+pub struct Opened {
+    pub last: Arc<File>,
+    pub last_len: u64,
+    /// Bytes of a torn final batch that were cut off (0: none).
+    pub cut_bytes: u64,
+}
+
+/// Opens every segment in `dir` (creating the first if there is none), applying each batch to
+/// `index` in order.
+pub fn open_all(dir: &Path, segments: &Segments, index: &mut Index) -> Result<Opened, Error> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let mut numbers = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".seg") else {
+            continue;
+        };
+        let number: u32 = stem.parse().map_err(|_| Error::Corrupt {
+            location: format!("{}/{name}", dir.display()),
+            detail: "not a segment name".into(),
+        })?;
+        numbers.push(number);
+    }
+    numbers.sort_unstable();
+    for (i, n) in numbers.iter().enumerate() {
+        if *n as usize != i + 1 {
+            return Err(Error::Corrupt {
+                location: dir.display().to_string(),
+                detail: format!("segment {} is missing", i + 1),
+            });
+        }
+    }
+    if numbers.is_empty() {
+        let file = Arc::new(create(dir, 1)?);
+        segments.push(file.clone())?;
+        return Ok(Opened {
+            last: file,
+            last_len: 0,
+            cut_bytes: 0,
+        });
+    }
+    let count = numbers.len();
+    let mut opened = None;
+    for n in numbers {
+        let path = dir.join(file_name(n));
+        let file = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io(&path, e))?,
+        );
+        let segment = segments.push(file.clone())?;
+        let is_last = n as usize == count;
+        let (end, len) = scan(&file, segment, is_last, index)?;
+        if is_last {
+            let cut_bytes = len - end;
+            if cut_bytes > 0 {
+                file.set_len(end).map_err(|e| io(&path, e))?;
+                file.sync_all().map_err(|e| io(&path, e))?;
+            }
+            opened = Some(Opened {
+                last: file.clone(),
+                last_len: end,
+                cut_bytes,
+            });
+        }
+    }
+    opened.ok_or_else(|| Error::Storage("no segment opened".into()))
+}
+
+/// Scans one segment, applying its whole batches; returns where its last whole batch ends and
+/// the file's length.
+fn scan(file: &File, segment: u32, is_last: bool, index: &mut Index) -> Result<(u64, u64), Error> {
+    let len = file
+        .metadata()
+        .map_err(|e| Error::Storage(format!("segment {}: {e}", segment + 1)))?
+        .len();
+    let mut pos = 0u64;
+    let mut buf = Vec::new();
+    while pos < len {
+        let at = Loc::new(segment, pos);
+        match read_batch(file, at, len, &mut buf) {
+            Ok(()) => {}
+            Err(damage) => {
+                // Only the final, unfinished write of the log may be cut off: nothing whole
+                // may follow it.
+                let tail = len - pos;
+                if is_last
+                    && damage.torn
+                    && tail <= BATCH_BYTES_MAX + BEGIN_FRAME_BYTES as u64
+                    && !batch_begins_after(file, pos, len)?
+                {
+                    return Ok((pos, len));
+                }
+                return Err(corrupt(at, damage.detail));
+            }
+        }
+        apply_batch(&buf, segment, pos, index)?;
+        pos += buf.len() as u64;
+    }
+    Ok((pos, len))
+}
+
+/// Whether a whole `Begin` frame starts anywhere after `pos` (at most one batch from the end):
+/// then the damage at `pos` is not a torn final write, since the next batch is written only
+/// after the one before it is synced.
+fn batch_begins_after(file: &File, pos: u64, len: u64) -> Result<bool, Error> {
+    let mut tail = vec![0u8; (len - pos) as usize];
+    file.read_exact_at(&mut tail, pos)
+        .map_err(|e| Error::Storage(format!("reading the end of the log: {e}")))?;
+    Ok((1..tail.len())
+        .any(|at| matches!(frame::decode(&tail[at..]), Ok((Record::Begin { .. }, _)))))
+}
+
+struct Damage {
+    /// Whether it looks like an unfinished final write (nothing whole after it).
+    torn: bool,
+    detail: String,
+}
+
+/// Reads the whole batch at `at` into `buf`, checking every frame.
+fn read_batch(file: &File, at: Loc, len: u64, buf: &mut Vec<u8>) -> Result<(), Damage> {
+    let pos = at.offset();
+    let left = len - pos;
+    let torn = |detail: String| Damage { torn: true, detail };
+    if left < BEGIN_FRAME_BYTES as u64 {
+        return Err(torn("a batch header cut short".into()));
+    }
+    buf.clear();
+    buf.resize(BEGIN_FRAME_BYTES, 0);
+    file.read_exact_at(buf, pos)
+        .map_err(|e| torn(format!("unreadable: {e}")))?;
+    let (batch, length) = match frame::decode(buf) {
+        Ok((Record::Begin { batch, length }, _)) => (batch, length),
+        Ok((other, _)) => {
+            return Err(torn(format!("a batch starts with {other:?}")));
+        }
+        Err(b) => return Err(torn(format!("batch header: {}", describe(&b)))),
+    };
+    if length > BATCH_BYTES_MAX {
+        return Err(torn(format!("batch {batch} claims {length} bytes")));
+    }
+    let whole = BEGIN_FRAME_BYTES as u64 + length;
+    if whole > left {
+        return Err(torn(format!("batch {batch} is cut short")));
+    }
+    buf.resize(whole as usize, 0);
+    file.read_exact_at(
+        &mut buf[BEGIN_FRAME_BYTES..],
+        pos + BEGIN_FRAME_BYTES as u64,
+    )
+    .map_err(|e| torn(format!("unreadable: {e}")))?;
+    // A whole batch that is the last thing in the file may still be an unfinished write whose
+    // pages did not all reach the disk; one with more after it was synced before the next began.
+    let last_in_file = whole == left;
+    let mut off = BEGIN_FRAME_BYTES;
+    let mut ended = false;
+    while off < buf.len() {
+        match frame::decode(&buf[off..]) {
+            Ok((Record::End { batch: b, .. }, n)) => {
+                if b != batch {
+                    return Err(Damage {
+                        torn: last_in_file,
+                        detail: format!("batch {batch} closed as batch {b}"),
+                    });
+                }
+                off += n;
+                ended = off == buf.len();
+                break;
+            }
+            Ok((_, n)) => off += n,
+            Err(b) => {
+                return Err(Damage {
+                    torn: last_in_file,
+                    detail: format!(
+                        "batch {batch}, frame at {}: {}",
+                        pos + off as u64,
+                        describe(&b)
+                    ),
+                })
+            }
+        }
+    }
+    if !ended {
+        return Err(Damage {
+            torn: last_in_file,
+            detail: format!("batch {batch} does not end with its End frame"),
+        });
+    }
+    Ok(())
+}
+
+/// Applies a checked batch (`buf`, found at `pos`) to the index.
+fn apply_batch(buf: &[u8], segment: u32, pos: u64, index: &mut Index) -> Result<(), Error> {
+    let mut off = 0usize;
+    while off < buf.len() {
+        let loc = Loc::new(segment, pos + off as u64);
+        let (record, n) = frame::decode(&buf[off..]).map_err(|b| corrupt(loc, describe(&b)))?;
+        if let Record::Begin { batch, .. } = &record {
+            if *batch != index.batch + 1 {
+                return Err(corrupt(
+                    loc,
+                    format!("batch {batch} follows batch {}", index.batch),
+                ));
+            }
+        }
+        index.apply(&record, loc).map_err(|e| corrupt(loc, e.0))?;
+        off += n;
+    }
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! The log-structured store: the conformance suite, and what is its own: a torn final batch cut
+//! off at every byte, damage anywhere else named, fail-stop on a failed write or sync, nothing
+//! read or acknowledged before its sync, and a writer process killed mid-stream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
+use std::path::{Path, PathBuf};
+
+use marketgov_audit::{verify, CheckpointSigner};
+use marketgov_store::conformance::{commit_events, event, wait, SECRET};
+use marketgov_store::{Commit, Error, IdempotencyRecord, Store, TimerWrite};
+use marketgov_store_log::{FaultInjector, FaultMode, LogStore, Options};
+
+fn options(dir: &Path) -> Options {
+    let mut o = Options::new(dir);
+    o.signer = Some(CheckpointSigner::from_secret(&SECRET));
+    o.checkpoint_every_entries = 10;
+    o
+}
+
+fn open(dir: &Path) -> LogStore {
+    LogStore::open(options(dir)).unwrap()
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                marketgov_store::conformance::$name(open);
+            }
+        )*
+    };
+}
+
+conformance!(
+    acknowledged_commits_survive_a_reopen_and_the_log_verifies,
+    commits_queued_together_share_transactions,
+    a_failing_commit_fails_alone_inside_its_batch,
+    timers_outbox_and_versioned_records,
+);
+
+fn segment(dir: &Path) -> PathBuf {
+    dir.join("log").join("0000000001.seg")
+}
+
+fn key(k: &str) -> IdempotencyRecord {
+    IdempotencyRecord {
+        tenant: "t".into(),
+        key: k.into(),
+        operation: "events".into(),
+        fingerprint: [1; 32],
+        response: b"{}".to_vec(),
+        created_at_ms: 5,
+    }
+}
+
+/// Commit `i` of a small workload: an event of stream `s{i % 3}`, a key, a timer.
+fn step(store: &LogStore, i: u64) {
+    let stream = format!("s{}", i % 3);
+    let version = i / 3 + 1;
+    wait(
+        store
+            .commit(Commit {
+                events: vec![event(&stream, version, &format!("{{\"i\":{i}}}"))],
+                idempotency: vec![key(&format!("k{i}"))],
+                timers: vec![TimerWrite::Set {
+                    stream: stream.clone(),
+                    kind: "renewal".into(),
+                    due_at_ms: i as i64,
+                }],
+                ..Commit::default()
+            })
+            .unwrap(),
+    )
+    .unwrap();
+}
+
+/// What a store answers, for comparing two of them.
+fn summary(store: &LogStore) -> (u64, Vec<u64>, usize, usize) {
+    let stats = store.stats().unwrap();
+    let versions = (0..3)
+        .map(|s| store.load_stream(&format!("s{s}")).unwrap().events.len() as u64)
+        .collect();
+    let keys = store
+        .idempotency_keys(&(String::new(), String::new()), 1000)
+        .unwrap()
+        .len();
+    (stats.events, versions, keys, stats.timers as usize)
+}
+
+#[test]
+fn a_torn_final_batch_is_cut_off_at_every_byte_and_nothing_before_it_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, whole) = {
+        let store = open(dir.path());
+        for i in 0..9 {
+            step(&store, i);
+        }
+        let before_len = std::fs::metadata(segment(dir.path())).unwrap().len();
+        let before = summary(&store);
+        step(&store, 9);
+        (
+            (before, before_len),
+            std::fs::metadata(segment(dir.path())).unwrap().len(),
+        )
+    };
+    let (before, before_len) = before;
+    let bytes = std::fs::read(segment(dir.path())).unwrap();
+    assert_eq!(bytes.len() as u64, whole);
+    // Every length between the ninth and the tenth batch: the tenth is cut off whole.
+    for cut in before_len..whole {
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(copy.path().join("log")).unwrap();
+        std::fs::write(segment(copy.path()), &bytes[..cut as usize]).unwrap();
+        let store = open(copy.path());
+        assert_eq!(summary(&store), before, "cut at {cut}");
+        assert_eq!(store.cut_on_open(), cut - before_len, "cut at {cut}");
+        // And the store goes on from there.
+        step(&store, 9);
+        drop(store);
+        let store = open(copy.path());
+        assert_eq!(store.stats().unwrap().events, 10, "cut at {cut}");
+        let entries = store.audit_entries(1, 100).unwrap();
+        let report = verify(
+            &CheckpointSigner::from_secret(&SECRET).public_key(),
+            &entries,
+            &store.checkpoints().unwrap(),
+        )
+        .unwrap();
+        assert!(report.ok, "cut at {cut}: {report:?}");
+    }
+}
+
+#[test]
+fn a_changed_byte_before_the_final_batch_is_named_and_the_store_does_not_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let last_batch_at = {
+        let store = open(dir.path());
+        for i in 0..5 {
+            step(&store, i);
+        }
+        let at = std::fs::metadata(segment(dir.path())).unwrap().len();
+        step(&store, 5);
+        at
+    };
+    let bytes = std::fs::read(segment(dir.path())).unwrap();
+    // Every 7th byte of the first five batches (each changed alone).
+    for at in (0..last_batch_at as usize).step_by(7) {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x10;
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(copy.path().join("log")).unwrap();
+        std::fs::write(segment(copy.path()), &bad).unwrap();
+        match LogStore::open(options(copy.path())) {
+            Err(Error::Corrupt { location, .. }) => {
+                assert!(location.contains("segment 1"), "{location}");
+            }
+            other => panic!("byte {at} changed: {:?}", other.map(|s| s.head_seq())),
+        }
+        // Nothing was cut from the damaged file.
+        assert_eq!(
+            std::fs::read(segment(copy.path())).unwrap(),
+            bad,
+            "byte {at}"
+        );
+    }
+}
+
+#[test]
+fn a_changed_byte_in_a_stored_body_is_named_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..4 {
+        step(&store, i);
+    }
+    // The store keeps its file open; change a body under it.
+    let mut bytes = std::fs::read(segment(dir.path())).unwrap();
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"{\"i\":0}")
+        .expect("the first body is in the file");
+    bytes[at + 5] = b'7';
+    std::fs::write(segment(dir.path()), &bytes).unwrap();
+    assert!(matches!(
+        store.load_stream("s0"),
+        Err(Error::Corrupt { .. })
+    ));
+    assert!(matches!(
+        store.stream_history("s0", 0, 10),
+        Err(Error::Corrupt { .. })
+    ));
+    assert!(store.load_stream("s1").is_ok(), "other streams still read");
+}
+
+#[test]
+fn a_failed_write_or_sync_acknowledges_nothing_and_stops_the_writer() {
+    for mode in [
+        FaultMode::LostSync,
+        FaultMode::UnacknowledgedSync,
+        FaultMode::TornWrite,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let fault = FaultInjector::fail_batch(3, mode);
+        {
+            let mut o = options(dir.path());
+            o.fault = Some(fault.clone());
+            let store = LogStore::open(o).unwrap();
+            step(&store, 0);
+            step(&store, 1);
+            let third = store
+                .commit(commit_events(vec![event("s0", 2, "{\"i\":3}")]))
+                .unwrap();
+            assert!(
+                matches!(wait(third), Err(Error::Stopped { .. })),
+                "{mode:?}"
+            );
+            assert!(store.stopped().is_some(), "{mode:?}");
+            assert!(
+                matches!(
+                    store.commit(commit_events(vec![event("x", 1, "{}")])),
+                    Err(Error::Stopped { .. })
+                ),
+                "{mode:?}: refused after the stop"
+            );
+            assert_eq!(store.load_stream("s0").unwrap().events.len(), 1, "{mode:?}");
+            assert_eq!(store.stats().unwrap().events, 2, "{mode:?}");
+        }
+        // Reopened: a batch that reached the disk whole is there (its callers were told it
+        // failed: an unknown outcome, which their idempotency keys settle); a lost or torn one
+        // is not.
+        let store = open(dir.path());
+        let expected = if mode == FaultMode::UnacknowledgedSync {
+            3
+        } else {
+            2
+        };
+        assert_eq!(store.stats().unwrap().events, expected, "{mode:?}");
+        assert_eq!(
+            store.cut_on_open() > 0,
+            mode == FaultMode::TornWrite,
+            "{mode:?}"
+        );
+        wait(
+            store
+                .commit(commit_events(vec![event("after", 1, "{}")]))
+                .unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_batch_is_neither_read_nor_acknowledged_before_its_sync_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = FaultInjector::fail_batch(2, FaultMode::Held);
+    let mut o = options(dir.path());
+    o.fault = Some(fault.clone());
+    let store = LogStore::open(o).unwrap();
+    step(&store, 0);
+    let mut held = store
+        .commit(Commit {
+            events: vec![event("s1", 1, "{\"i\":1}")],
+            idempotency: vec![key("k1")],
+            ..Commit::default()
+        })
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !fault.holding() {
+        assert!(start.elapsed().as_secs() < 10, "the batch never came");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(held.try_recv().is_err(), "acknowledged while held");
+    assert!(store.load_stream("s1").unwrap().events.is_empty());
+    assert_eq!(store.idempotency("t", "k1").unwrap(), None);
+    assert_eq!(store.audit_entries(1, 10).unwrap().len(), 1);
+    assert_eq!(store.stats().unwrap().events, 1);
+    fault.release();
+    wait(held).unwrap();
+    assert_eq!(store.load_stream("s1").unwrap().events.len(), 1);
+    assert_eq!(store.idempotency("t", "k1").unwrap(), Some(key("k1")));
+}
+
+#[test]
+fn one_directory_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = open(dir.path());
+    assert!(matches!(
+        LogStore::open(options(dir.path())),
+        Err(Error::Unavailable(_))
+    ));
+}
+
+#[test]
+fn idempotency_records_are_swept_oldest_first_when_expired_or_beyond_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..10u64 {
+        let mut r = key(&format!("k{i}"));
+        r.created_at_ms = i as i64 * 10;
+        wait(
+            store
+                .commit(Commit {
+                    idempotency: vec![r],
+                    ..Commit::default()
+                })
+                .unwrap(),
+        )
+        .unwrap();
+    }
+    let sweep = |before_ms, keep_max, limit| Commit {
+        idempotency_sweep: Some(marketgov_store::IdempotencySweep {
+            before_ms,
+            keep_max,
+            limit,
+        }),
+        ..Commit::default()
+    };
+    let kept = |store: &LogStore| -> Vec<String> {
+        let mut keys: Vec<_> = store
+            .idempotency_keys(&(String::new(), String::new()), 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect();
+        keys.sort_by_key(|k| k[1..].parse::<u32>().unwrap());
+        keys
+    };
+    // Expired before 25 ms: k0, k1, k2; the limit takes two of them now.
+    wait(store.commit(sweep(25, 100, 2)).unwrap()).unwrap();
+    assert_eq!(kept(&store)[0], "k2");
+    wait(store.commit(sweep(25, 100, 5)).unwrap()).unwrap();
+    assert_eq!(kept(&store).len(), 7);
+    // Beyond the bound of 4: the oldest three go.
+    wait(store.commit(sweep(0, 4, 100)).unwrap()).unwrap();
+    assert_eq!(kept(&store), vec!["k6", "k7", "k8", "k9"]);
+    drop(store);
+    assert_eq!(kept(&open(dir.path())), vec!["k6", "k7", "k8", "k9"]);
+}
+
+/// The child side of the kill test: commits until killed, printing each acknowledged step.
+#[test]
+fn writer_process_for_the_kill_test() {
+    let Some(dir) = std::env::var_os("MARKETGOV_LOG_KILL_DIR") else {
+        return; // run only as the child of the kill test
+    };
+    let store = open(Path::new(&dir));
+    let start = store.stats().unwrap().events;
+    let mut i = start;
+    loop {
+        // A few commits in flight at once, so batches hold several.
+        let acks: Vec<_> = (i..i + 8)
+            .map(|n| {
+                store
+                    .commit(Commit {
+                        events: vec![event(
+                            &format!("s{}", n % 5),
+                            n / 5 + 1,
+                            &format!("{{\"n\":{n}}}"),
+                        )],
+                        idempotency: vec![key(&format!("k{n}"))],
+                        ..Commit::default()
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for ack in acks {
+            wait(ack).unwrap();
+        }
+        i += 8;
+        println!("acked {i}");
+    }
+}
+
+#[test]
+fn a_killed_writer_loses_nothing_it_acknowledged() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "writer_process_for_the_kill_test",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MARKETGOV_LOG_KILL_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut acked = 0u64;
+        for line in out.lines() {
+            let line = line.unwrap();
+            if let Some(n) = line.strip_prefix("acked ") {
+                acked = n.parse().unwrap();
+                if acked >= 400 * (round + 1) {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap(); // SIGKILL: no clean close
+        child.wait().unwrap();
+        let store = open(dir.path());
+        let events = store.stats().unwrap().events;
+        assert!(
+            events >= acked,
+            "round {round}: {events} stored, {acked} acknowledged"
+        );
+        for n in (0..acked).step_by(37) {
+            assert!(
+                store.idempotency("t", &format!("k{n}")).unwrap().is_some(),
+                "round {round}: key {n} acknowledged and lost"
+            );
+        }
+        let entries = store.audit_entries(1, usize::MAX).unwrap();
+        assert_eq!(entries.len() as u64, events);
+        let report = verify(
+            &CheckpointSigner::from_secret(&SECRET).public_key(),
+            &entries,
+            &store.checkpoints().unwrap(),
+        )
+        .unwrap();
+        assert!(report.ok, "round {round}: {report:?}");
+    }
+}
