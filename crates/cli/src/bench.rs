@@ -50,6 +50,8 @@ pub struct Settings {
     pub api_key: Option<String>,
     /// Events per second over all workers; `None`: as fast as answers come.
     pub rate: Option<u64>,
+    /// The embedded store of an in-process run.
+    pub store: marketgov_engine::StoreKind,
 }
 
 /// The tenant of the in-process run (over HTTP, the API key's tenant).
@@ -499,6 +501,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         options.clock = Arc::new(ManualClock::starting_at("2026-01-01T00:00:00Z".parse()?));
         options.shards = settings.shards.max(1);
         options.streams_in_memory_max = settings.streams_in_memory_max.max(1);
+        options.store_kind = settings.store;
         let app = App::open(options).with_context(|| format!("opening {}", dir.display()))?;
         run_on(&settings, Client::InProc(app)).await
     });

@@ -20,6 +20,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use marketgov_core::diagram;
+use marketgov_engine::StoreKind;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -142,6 +143,10 @@ enum Command {
         /// Keep the store here (in process; default: a temporary directory, removed afterwards).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The embedded store of the in-process run: `sqlite` (the default store) or `log` (the
+        /// log-structured store, not yet the default: docs/store-log.md).
+        #[arg(long, value_enum, default_value_t = BenchStore::Sqlite)]
+        store: BenchStore,
     },
     /// API keys.
     Keys {
@@ -205,6 +210,13 @@ enum GovernorsCommand {
         #[arg(long, default_value = "docs")]
         out_dir: PathBuf,
     },
+}
+
+/// The embedded store of an in-process bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchStore {
+    Sqlite,
+    Log,
 }
 
 /// Where `marketgov bench` sends its workload.
@@ -379,10 +391,17 @@ fn audit_verify(data_dir: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     let public_key = marketgov_engine::audit_signer(data_dir)?.public_key();
-    let mut options = marketgov_store_sqlite::Options::new(data_dir);
-    options.verify_tail_entries = 0;
-    let store = marketgov_store_sqlite::SqliteStore::open(options)?;
-    let report = marketgov_engine::verify_store(&store, &public_key)?;
+    let report = if marketgov_engine::embedded_kind_in(data_dir) == Some(StoreKind::Log) {
+        let mut options = marketgov_store_log::Options::new(data_dir);
+        options.verify_tail_entries = 0;
+        let store = marketgov_store_log::LogStore::open(options)?;
+        marketgov_engine::verify_store(&store, &public_key)?
+    } else {
+        let mut options = marketgov_store_sqlite::Options::new(data_dir);
+        options.verify_tail_entries = 0;
+        let store = marketgov_store_sqlite::SqliteStore::open(options)?;
+        marketgov_engine::verify_store(&store, &public_key)?
+    };
     println!("{}", serde_json::to_string(&report)?);
     match report.first_bad {
         None => Ok(()),
@@ -421,6 +440,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             streams_in_memory_max,
             json,
             data_dir,
+            store,
         } => {
             if mode == BenchMode::Http && target.is_none() {
                 anyhow::bail!("--mode http needs --target http://HOST:PORT");
@@ -436,6 +456,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 target,
                 api_key,
                 rate,
+                store: match store {
+                    BenchStore::Sqlite => StoreKind::Sqlite,
+                    BenchStore::Log => StoreKind::Log,
+                },
             })
         }
         Command::Ingest {

@@ -10,6 +10,8 @@ use marketgov_core::orchestrator::{EventContext, EventStatus};
 use marketgov_core::{CatalogCommand, Customer, CustomerEvent};
 use marketgov_store::Store;
 use marketgov_store_sqlite::{Options as StoreOptions, SqliteStore};
+
+use crate::embedded::{EmbeddedStore, StoreKind};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -104,7 +106,7 @@ struct LoggedReply<'a> {
 /// State every shard shares.
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<EmbeddedStore>,
     pub sandbox: crate::Sandbox,
     pub options: EngineOptions,
     /// Products by (tenant, sku), as last committed.
@@ -205,11 +207,22 @@ impl App {
         std::fs::create_dir_all(&options.data_dir)
             .map_err(|e| Error::Setup(format!("{}: {e}", options.data_dir.display())))?;
         let signer = keys::load_or_create(&options.data_dir)?;
-        let mut store_options = StoreOptions::new(&options.data_dir);
-        store_options.signer = Some(signer);
-        store_options.checkpoint_every_entries = options.checkpoint_every_entries;
-        store_options.fault = options.store_fault.clone();
-        let store = Arc::new(SqliteStore::open(store_options)?);
+        let kind = crate::embedded::kind_in(&options.data_dir).unwrap_or(options.store_kind);
+        let store = Arc::new(match kind {
+            StoreKind::Sqlite => {
+                let mut store_options = StoreOptions::new(&options.data_dir);
+                store_options.signer = Some(signer);
+                store_options.checkpoint_every_entries = options.checkpoint_every_entries;
+                store_options.fault = options.store_fault.clone();
+                EmbeddedStore::Sqlite(SqliteStore::open(store_options)?)
+            }
+            StoreKind::Log => {
+                let mut store_options = marketgov_store_log::Options::new(&options.data_dir);
+                store_options.signer = Some(signer);
+                store_options.checkpoint_every_entries = options.checkpoint_every_entries;
+                EmbeddedStore::Log(marketgov_store_log::LogStore::open(store_options)?)
+            }
+        });
         let mut nonce = [0u8; 8];
         getrandom::getrandom(&mut nonce)
             .map_err(|e| Error::Setup(format!("no random source: {e}")))?;
@@ -220,14 +233,14 @@ impl App {
             &store,
             ScanCursor::default(),
             SCAN_PAGE_KEYS,
-            idempotency_key_page::<SqliteStore>,
+            idempotency_key_page::<EmbeddedStore>,
         );
         let known_streams = Arc::new(KnownKeys::new());
         known_streams.load_from(
             &store,
             ScanCursor::default(),
             SCAN_PAGE_KEYS,
-            customer_stream_page::<SqliteStore>,
+            customer_stream_page::<EmbeddedStore>,
         );
         let inner = Arc::new(Inner {
             store,
@@ -323,7 +336,7 @@ impl App {
     }
 
     /// The store (for front ends' queries and tests).
-    pub fn store(&self) -> &SqliteStore {
+    pub fn store(&self) -> &EmbeddedStore {
         &self.inner.store
     }
 

@@ -14,6 +14,7 @@ mod apikeys;
 mod app;
 mod clock;
 mod effects;
+mod embedded;
 mod keys;
 mod known_keys;
 mod latency;
@@ -35,6 +36,7 @@ pub use effects::{
     Outcome as SandboxOutcome, Sandbox, EFFECTS_PER_ROUND_MAX, EFFECT_ATTEMPTS_MAX,
     SANDBOX_LEDGER_FILE,
 };
+pub use embedded::{kind_in as embedded_kind_in, EmbeddedStore, StoreKind};
 pub use keys::{load_or_create as audit_signer, AUDIT_KEY_FILE};
 pub use known_keys::{KnownKeysStats, KNOWN_KEYS_BYTES_MAX};
 pub use latency::{Histogram, SharedHistogram, LATENCY_MICROS_MAX};
@@ -142,8 +144,10 @@ pub struct EngineOptions {
     pub webhook: Option<Webhook>,
     /// Where answers to Google Cloud Marketplace go (`None`: recorded by the sandbox).
     pub gcp_procurement: Option<GcpProcurement>,
-    /// Test seam: makes a chosen store batch fail at its sync.
+    /// Test seam: makes a chosen store batch fail at its sync (SQLite store).
     pub store_fault: Option<Arc<marketgov_store_sqlite::FaultInjector>>,
+    /// The embedded store of a new data directory (an existing one keeps its own).
+    pub store_kind: StoreKind,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -177,6 +181,7 @@ impl EngineOptions {
             work_hook: None,
             checkpoint_every_entries: 1000,
             store_fault: None,
+            store_kind: StoreKind::default(),
             webhook: None,
             gcp_procurement: None,
         }

@@ -232,6 +232,7 @@ impl LogStore {
             last_checkpoint,
             batch_commits_max: options.batch_commits_max.max(1),
             effect_id,
+            spare: (Vec::new(), Vec::new()),
         };
         let writer = std::thread::Builder::new()
             .name("marketgov-store-writer".into())

@@ -54,6 +54,9 @@ pub(crate) struct Writer {
     pub batch_commits_max: usize,
     /// The next outbox row id.
     pub effect_id: i64,
+    /// The last batch's buffers, kept for the next (fresh ones would be page-faulted in and
+    /// zeroed by the kernel at every batch: a sixth of the writer's time when measured).
+    pub spare: (Vec<u8>, Vec<(Record, usize)>),
 }
 
 /// What the commits before this one in the batch changed, layered over the index.
@@ -209,9 +212,18 @@ impl Writer {
         let commits = batch.answers.iter().filter(|(_, r)| r.is_ok()).count() as u64;
         self.shared.commits.fetch_add(commits, Ordering::Relaxed);
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
-        for (ack, answer) in batch.answers {
+        let Batch {
+            mut buf,
+            mut records,
+            answers,
+            ..
+        } = batch;
+        for (ack, answer) in answers {
             let _ = ack.send(answer);
         }
+        buf.clear();
+        records.clear();
+        self.spare = (buf, records);
     }
 
     /// Checks and encodes the batch's commits. `None`: nothing to write.
@@ -229,8 +241,8 @@ impl Writer {
         };
         let mut batch = Batch {
             number: index.batch + 1,
-            buf: Vec::with_capacity(64 << 10),
-            records: Vec::with_capacity(requests.len() * 4),
+            buf: std::mem::take(&mut self.spare.0),
+            records: std::mem::take(&mut self.spare.1),
             answers: Vec::with_capacity(requests.len()),
             overlay: Overlay::default(),
             head: index.head,
