@@ -368,6 +368,42 @@ impl Writer {
     }
 }
 
+/// The bytes of one commit's bodies at most, so that a batch (closed past half of
+/// [`BATCH_BYTES_MAX`]) never outgrows what the open accepts as one batch.
+pub const COMMIT_BYTES_MAX: usize = (BATCH_BYTES_MAX / 4) as usize;
+
+/// The bytes a commit's bodies and names take (an upper bound of its frames' payloads, less
+/// their fixed fields).
+fn commit_bytes(c: &Commit) -> usize {
+    let events: usize = c
+        .events
+        .iter()
+        .map(|e| e.body.len() + e.stream.len() + e.event_id.len())
+        .sum();
+    let snapshots: usize = c
+        .snapshots
+        .iter()
+        .map(|s| s.body.len() + s.stream.len())
+        .sum();
+    let keys: usize = c
+        .idempotency
+        .iter()
+        .map(|r| r.response.len() + r.tenant.len() + r.key.len() + r.operation.len())
+        .sum();
+    let outbox: usize = c
+        .outbox
+        .iter()
+        .map(|o| o.body.len() + o.effect_key.len() + o.stream.len() + o.connector.len())
+        .sum();
+    let versioned: usize = c
+        .versioned_writes()
+        .iter()
+        .flat_map(|(_, w)| w.iter())
+        .map(|w| w.body.len() + w.key.len())
+        .sum();
+    events + snapshots + keys + outbox + versioned
+}
+
 /// Checks one commit against the index and the batch so far; if it may be written, encodes its
 /// records into the batch and answers its receipt; otherwise writes nothing of it.
 fn add_commit(index: &Index, batch: &mut Batch, commit: Commit) -> Result<Receipt, Error> {
@@ -377,6 +413,12 @@ fn add_commit(index: &Index, batch: &mut Batch, commit: Commit) -> Result<Receip
         draft: Overlay::default(),
     };
     // Check everything first: a commit that fails leaves no record behind.
+    let bytes = commit_bytes(&commit);
+    if bytes > COMMIT_BYTES_MAX {
+        return Err(Error::Storage(format!(
+            "a commit of {bytes} bytes is refused: at most {COMMIT_BYTES_MAX} are stored in one"
+        )));
+    }
     for e in &commit.events {
         let at = view.stream_version(&e.stream);
         if e.stream_version != at + 1 {

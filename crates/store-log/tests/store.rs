@@ -424,3 +424,25 @@ fn a_killed_writer_loses_nothing_it_acknowledged() {
         assert!(report.ok, "round {round}: {report:?}");
     }
 }
+
+#[test]
+fn a_commit_too_large_for_a_batch_is_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let huge = Commit {
+        events: vec![marketgov_store::EventWrite {
+            body: vec![b'x'; 9 << 20],
+            ..event("big", 1, "")
+        }],
+        ..Commit::default()
+    };
+    assert!(matches!(
+        wait(store.commit(huge).unwrap()),
+        Err(Error::Storage(_))
+    ));
+    step(&store, 0);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.stats().unwrap().events, 1);
+    assert!(store.load_stream("big").unwrap().events.is_empty());
+}
