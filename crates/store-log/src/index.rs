@@ -112,6 +112,17 @@ impl Index {
             .map_or(0, |s| s.events.len() as u64)
     }
 
+    /// The stream's entry, created if new (its name is copied only then: this runs per event).
+    fn stream_mut(&mut self, stream: &str) -> Result<&mut StreamIndex, Inconsistent> {
+        if !self.streams.contains_key(stream) {
+            self.streams
+                .insert(stream.to_owned(), StreamIndex::default());
+        }
+        self.streams
+            .get_mut(stream)
+            .ok_or_else(|| Inconsistent(format!("{stream} vanished from the index")))
+    }
+
     /// Applies one durable record found at `loc`.
     pub fn apply(&mut self, record: &Record, loc: Loc) -> Result<(), Inconsistent> {
         match record {
@@ -130,7 +141,7 @@ impl Index {
                         self.head.seq
                     )));
                 }
-                let s = self.streams.entry(stream.clone()).or_default();
+                let s = self.stream_mut(stream)?;
                 if *version != s.events.len() as u64 + 1 {
                     return Err(Inconsistent(format!(
                         "{stream} version {version} follows version {}",
@@ -149,7 +160,7 @@ impl Index {
             Record::Snapshot {
                 stream, version, ..
             } => {
-                self.streams.entry(stream.clone()).or_default().snapshot = Some((*version, loc));
+                self.stream_mut(stream)?.snapshot = Some((*version, loc));
             }
             Record::IdempotencyPut {
                 tenant,

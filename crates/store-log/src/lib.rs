@@ -26,12 +26,13 @@ mod writer;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
-use marketgov_audit::{entry_hash, CheckpointSigner, Entry};
+use marketgov_audit::{CheckpointSigner, Entry};
+use marketgov_store::backend::{check_entry, enqueue, StopFlag};
 use marketgov_store::{
     Ack, Checkpoint, Commit, Error, IdempotencyRecord, OutboxRow, Snapshot, Store, StoreStats,
     StreamLoad, TimerRow, VersionedTable,
@@ -89,70 +90,15 @@ pub enum FaultMode {
     Held,
 }
 
-/// Test seam: fails (or holds) the `n`-th batch written (counting from 1).
-#[derive(Debug)]
-pub struct FaultInjector {
-    fail_batch: u64,
-    mode: FaultMode,
-    batches: AtomicU64,
-    released: Mutex<bool>,
-    holding: AtomicBool,
-    release: Condvar,
-}
-
-impl FaultInjector {
-    /// Fails batch number `fail_batch` in `mode`.
-    pub fn fail_batch(fail_batch: u64, mode: FaultMode) -> Arc<Self> {
-        Arc::new(Self {
-            fail_batch,
-            mode,
-            batches: AtomicU64::new(0),
-            released: Mutex::new(false),
-            holding: AtomicBool::new(false),
-            release: Condvar::new(),
-        })
-    }
-
-    /// Lets a [`FaultMode::Held`] batch go on (now, or when it comes).
-    pub fn release(&self) {
-        if let Ok(mut released) = self.released.lock() {
-            *released = true;
-            self.release.notify_all();
-        }
-    }
-
-    /// Whether a [`FaultMode::Held`] batch is waiting now.
-    pub fn holding(&self) -> bool {
-        self.holding.load(Ordering::SeqCst)
-    }
-
-    fn hold(&self) {
-        let Ok(mut released) = self.released.lock() else {
-            return;
-        };
-        self.holding.store(true, Ordering::SeqCst);
-        while !*released {
-            match self.release.wait(released) {
-                Ok(r) => released = r,
-                Err(_) => break,
-            }
-        }
-        self.holding.store(false, Ordering::SeqCst);
-    }
-
-    fn next_batch(&self) -> Option<FaultMode> {
-        let n = self.batches.fetch_add(1, Ordering::Relaxed) + 1;
-        (n == self.fail_batch).then_some(self.mode)
-    }
-}
+/// Test seam: fails (or holds, [`FaultMode::Held`]) the `n`-th batch written (counting from 1).
+pub type FaultInjector = marketgov_store::backend::BatchFault<FaultMode>;
 
 /// State shared by the writer and the handle.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     pub index: RwLock<Index>,
     pub segments: segments::Segments,
-    stopped: Mutex<Option<String>>,
-    is_stopped: AtomicBool,
+    stopped: StopFlag,
     pub queued: AtomicUsize,
     pub commits: AtomicU64,
     pub batches: AtomicU64,
@@ -161,19 +107,11 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn stop(&self, reason: &str) {
-        if let Ok(mut s) = self.stopped.lock() {
-            if s.is_none() {
-                *s = Some(reason.to_owned());
-                self.is_stopped.store(true, Ordering::SeqCst);
-            }
-        }
+        self.stopped.stop(reason);
     }
 
     pub fn stopped_reason(&self) -> Option<String> {
-        if !self.is_stopped.load(Ordering::SeqCst) {
-            return None;
-        }
-        self.stopped.lock().ok().and_then(|s| s.clone())
+        self.stopped.reason()
     }
 }
 
@@ -337,17 +275,6 @@ fn wrong_record(loc: Loc, expected: &str, found: &Record) -> Error {
     }
 }
 
-fn check_entry(e: &Entry) -> Result<(), Error> {
-    if entry_hash(&e.prev_hash, e.seq, &e.bytes) == e.hash {
-        Ok(())
-    } else {
-        Err(Error::Corrupt {
-            location: format!("audit entry {}", e.seq),
-            detail: "hash mismatch: the entry was changed".into(),
-        })
-    }
-}
-
 /// Re-verifies the hashes of the last `tail_entries` audit entries (their CRCs and links were
 /// checked by the scan).
 fn verify_tail(
@@ -453,25 +380,12 @@ impl Store for LogStore {
             });
         };
         let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(writer::Inbound::Commit(writer::Request {
+        let request = writer::Inbound::Commit(writer::Request {
             commit,
             ack: ack_tx,
-        })) {
-            Ok(()) => Ok(ack_rx),
-            Err(TrySendError::Full(_)) => {
-                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(Error::Overloaded {
-                    queued: self.commit_queue_max,
-                })
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(Error::Stopped {
-                    reason: "writer gone".into(),
-                })
-            }
-        }
+        });
+        enqueue(tx, &self.shared.queued, self.commit_queue_max, request)?;
+        Ok(ack_rx)
     }
 
     fn load_stream(&self, stream: &str) -> Result<StreamLoad, Error> {

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use marketgov_audit::{verify, CheckpointSigner};
-use marketgov_store::conformance::{commit_events, event, wait, SECRET};
-use marketgov_store::{Commit, Error, IdempotencyRecord, Store, TimerWrite};
+use marketgov_store::conformance::{commit_events, event, idempotency_record as key, wait, SECRET};
+use marketgov_store::{Commit, Error, Store, TimerWrite};
 use marketgov_store_log::{FaultInjector, FaultMode, LogStore, Options};
 
 fn options(dir: &Path) -> Options {
@@ -22,37 +22,10 @@ fn open(dir: &Path) -> LogStore {
     LogStore::open(options(dir)).unwrap()
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                marketgov_store::conformance::$name(open);
-            }
-        )*
-    };
-}
-
-conformance!(
-    acknowledged_commits_survive_a_reopen_and_the_log_verifies,
-    commits_queued_together_share_transactions,
-    a_failing_commit_fails_alone_inside_its_batch,
-    timers_outbox_and_versioned_records,
-);
+marketgov_store::conformance_tests!(open);
 
 fn segment(dir: &Path) -> PathBuf {
     dir.join("log").join("0000000001.seg")
-}
-
-fn key(k: &str) -> IdempotencyRecord {
-    IdempotencyRecord {
-        tenant: "t".into(),
-        key: k.into(),
-        operation: "events".into(),
-        fingerprint: [1; 32],
-        response: b"{}".to_vec(),
-        created_at_ms: 5,
-    }
 }
 
 /// Commit `i` of a small workload: an event of stream `s{i % 3}`, a key, a timer.

@@ -33,12 +33,13 @@ mod writer;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use marketgov_audit::{entry_hash, CheckpointSigner, Entry, Hash, Head};
+use marketgov_audit::{CheckpointSigner, Entry, Hash, Head};
+use marketgov_store::backend::{check_entry, enqueue, StopFlag};
 use marketgov_store::{
     Ack, Checkpoint, Commit, Error, IdempotencyRecord, OutboxRow, Snapshot, Store, StoreStats,
     StreamLoad, TimerRow, VersionedTable,
@@ -159,64 +160,7 @@ pub enum FaultMode {
 
 /// Test seam: fails (or holds, [`FaultMode::Held`]) the `n`-th batch (counting from 1), at its
 /// sync or, for [`FaultMode::BrokenTransaction`], as it is written.
-#[derive(Debug)]
-pub struct FaultInjector {
-    fail_batch: u64,
-    mode: FaultMode,
-    batches: AtomicU64,
-    /// Whether a held batch may go on.
-    released: Mutex<bool>,
-    /// Whether a batch is being held now.
-    holding: std::sync::atomic::AtomicBool,
-    release: std::sync::Condvar,
-}
-
-impl FaultInjector {
-    /// Fails batch number `fail_batch` in `mode`.
-    pub fn fail_batch(fail_batch: u64, mode: FaultMode) -> Arc<Self> {
-        Arc::new(Self {
-            fail_batch,
-            mode,
-            batches: AtomicU64::new(0),
-            released: Mutex::new(false),
-            holding: std::sync::atomic::AtomicBool::new(false),
-            release: std::sync::Condvar::new(),
-        })
-    }
-
-    /// Lets a [`FaultMode::Held`] batch go on (now, or when it comes).
-    pub fn release(&self) {
-        if let Ok(mut released) = self.released.lock() {
-            *released = true;
-            self.release.notify_all();
-        }
-    }
-
-    /// Whether a [`FaultMode::Held`] batch is waiting for [`FaultInjector::release`] now.
-    pub fn holding(&self) -> bool {
-        self.holding.load(Ordering::SeqCst)
-    }
-
-    /// Blocks the sync thread until [`FaultInjector::release`].
-    fn wait_released(&self) {
-        let Ok(mut released) = self.released.lock() else {
-            return;
-        };
-        self.holding.store(true, Ordering::SeqCst);
-        while !*released {
-            match self.release.wait(released) {
-                Ok(r) => released = r,
-                Err(_) => break,
-            }
-        }
-        self.holding.store(false, Ordering::SeqCst);
-    }
-
-    fn next_batch(&self) -> Option<FaultMode> {
-        let n = self.batches.fetch_add(1, Ordering::Relaxed) + 1;
-        (n == self.fail_batch).then_some(self.mode)
-    }
-}
+pub type FaultInjector = marketgov_store::backend::BatchFault<FaultMode>;
 
 /// How often a read held to the durable state looks again whether the store stopped.
 const DURABLE_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(10);
@@ -224,9 +168,7 @@ const DURABLE_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(
 /// State shared by the writer, the sync thread and the handle.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
-    stopped: Mutex<Option<String>>,
-    /// Whether `stopped` holds a reason: read without the lock on every commit.
-    is_stopped: AtomicBool,
+    stopped: StopFlag,
     queued: AtomicUsize,
     commits: AtomicU64,
     batches: AtomicU64,
@@ -250,10 +192,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn stop(&self, reason: &str) {
-        if let Ok(mut stopped) = self.stopped.lock() {
-            stopped.get_or_insert_with(|| reason.to_owned());
-        }
-        self.is_stopped.store(true, Ordering::SeqCst);
+        self.stopped.stop(reason);
         self.durable_changed();
     }
 
@@ -350,14 +289,7 @@ impl Shared {
     }
 
     fn stopped_reason(&self) -> Option<String> {
-        // The common case, asked for every commit, takes no lock and copies no string.
-        if !self.is_stopped.load(Ordering::SeqCst) {
-            return None;
-        }
-        match self.stopped.lock() {
-            Ok(s) => s.clone(),
-            Err(_) => Some("writer state poisoned".into()),
-        }
+        self.stopped.reason()
     }
 }
 
@@ -568,25 +500,12 @@ impl Store for SqliteStore {
             });
         };
         let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(writer::Inbound::Commit(writer::Request {
+        let request = writer::Inbound::Commit(writer::Request {
             commit,
             ack: ack_tx,
-        })) {
-            Ok(()) => Ok(ack_rx),
-            Err(TrySendError::Full(_)) => {
-                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(Error::Overloaded {
-                    queued: self.commit_queue_max,
-                })
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(Error::Stopped {
-                    reason: "writer gone".into(),
-                })
-            }
-        }
+        });
+        enqueue(tx, &self.shared.queued, self.commit_queue_max, request)?;
+        Ok(ack_rx)
     }
 
     fn load_stream(&self, stream: &str) -> Result<StreamLoad, Error> {
@@ -982,17 +901,6 @@ fn to_entry(seq: i64, prev: Vec<u8>, hash: Vec<u8>, bytes: Vec<u8>) -> Result<En
         hash: hash.try_into().map_err(|_| bad("hash"))?,
         bytes,
     })
-}
-
-fn check_entry(e: &Entry) -> Result<(), Error> {
-    if entry_hash(&e.prev_hash, e.seq, &e.bytes) == e.hash {
-        Ok(())
-    } else {
-        Err(Error::Corrupt {
-            location: format!("audit entry {}", e.seq),
-            detail: "hash mismatch: the entry was changed".into(),
-        })
-    }
 }
 
 /// Re-verifies the last entries of the chain and returns its head.

@@ -97,7 +97,7 @@ impl Syncer {
                 .any(|i| matches!(i, ToSync::Committed(c) if c.hold));
             if hold {
                 if let Some(f) = &self.fault {
-                    f.wait_released();
+                    f.hold();
                 }
             }
             let on_disk = group.iter().any(|i| match i {

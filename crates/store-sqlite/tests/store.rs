@@ -18,23 +18,7 @@ fn open(dir: &std::path::Path) -> SqliteStore {
     SqliteStore::open(o).unwrap()
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                marketgov_store::conformance::$name(open);
-            }
-        )*
-    };
-}
-
-conformance!(
-    acknowledged_commits_survive_a_reopen_and_the_log_verifies,
-    commits_queued_together_share_transactions,
-    a_failing_commit_fails_alone_inside_its_batch,
-    timers_outbox_and_versioned_records,
-);
+marketgov_store::conformance_tests!(open);
 
 /// Also for a batch whose transaction fails as it is written: its caller is answered (not left
 /// with a dropped acknowledgement) and nothing of it is stored.

@@ -39,6 +39,41 @@ pub fn commit_events(events: Vec<EventWrite>) -> Commit {
     }
 }
 
+/// An idempotency record of tenant `t` for `key`.
+pub fn idempotency_record(key: &str) -> IdempotencyRecord {
+    IdempotencyRecord {
+        tenant: "t".into(),
+        key: key.into(),
+        operation: "events".into(),
+        fingerprint: [1; 32],
+        response: b"{}".to_vec(),
+        created_at_ms: 5,
+    }
+}
+
+/// The suite as `#[test]`s of a backend's test crate, each calling `open(&Path)` to open the
+/// backend (with [`SECRET`]'s signer and a checkpoint every ten entries).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($open:path) => {
+        $crate::conformance_tests!(
+            $open;
+            acknowledged_commits_survive_a_reopen_and_the_log_verifies,
+            commits_queued_together_share_transactions,
+            a_failing_commit_fails_alone_inside_its_batch,
+            timers_outbox_and_versioned_records,
+        );
+    };
+    ($open:path; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::conformance::$name($open);
+            }
+        )*
+    };
+}
+
 /// Waits for an acknowledgement outside a runtime.
 pub fn wait(ack: Ack) -> Result<Receipt, Error> {
     ack.blocking_recv().unwrap_or_else(|_| {
@@ -128,14 +163,7 @@ pub fn a_failing_commit_fails_alone_inside_its_batch<S: Store>(open: impl Fn(&Pa
             .unwrap(),
     )
     .unwrap();
-    let key = |k: &str| IdempotencyRecord {
-        tenant: "t".into(),
-        key: k.into(),
-        operation: "events".into(),
-        fingerprint: [1; 32],
-        response: b"{}".to_vec(),
-        created_at_ms: 5,
-    };
+    let key = idempotency_record;
     let a = store
         .commit(commit_events(vec![event("s", 1, "stream version taken")]))
         .unwrap();

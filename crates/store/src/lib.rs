@@ -12,6 +12,7 @@
 
 use std::fmt;
 
+pub mod backend;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
