@@ -13,6 +13,7 @@
 use std::fmt;
 
 pub mod backend;
+pub mod filter;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
