@@ -228,15 +228,13 @@ impl App {
             .map_err(|e| Error::Setup(format!("no random source: {e}")))?;
         let sandbox = crate::Sandbox::open(&options.data_dir)?;
         // Created before any request can claim a key: see known_keys.rs for why that is exact.
-        let known_keys = Arc::new(KnownKeys::new());
-        known_keys.load_from(
+        let known_keys = KnownKeys::for_store(
             &store,
             ScanCursor::default(),
             SCAN_PAGE_KEYS,
             idempotency_key_page::<EmbeddedStore>,
         );
-        let known_streams = Arc::new(KnownKeys::new());
-        known_streams.load_from(
+        let known_streams = KnownKeys::for_store(
             &store,
             ScanCursor::default(),
             SCAN_PAGE_KEYS,

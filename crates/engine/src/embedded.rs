@@ -123,4 +123,7 @@ impl Store for EmbeddedStore {
     fn stats(&self) -> Result<StoreStats, Error> {
         both!(self, s => s.stats())
     }
+    fn absent_keys_are_cheap(&self) -> bool {
+        both!(self, s => s.absent_keys_are_cheap())
+    }
 }

@@ -35,7 +35,9 @@ pub const SCAN_PAGE_KEYS: usize = 10_000;
 /// The filter.
 #[derive(Debug)]
 pub(crate) struct KnownKeys {
-    filter: ScalableBloom,
+    /// `None`: not kept, because the store answers absent keys cheaply itself
+    /// ([`Store::absent_keys_are_cheap`]); every answer is then "maybe".
+    filter: Option<ScalableBloom>,
     /// Whether the start-up scan has finished (until then every answer is "maybe").
     loaded: AtomicBool,
     /// Answers "certainly not" given since start: reads saved.
@@ -104,15 +106,42 @@ impl KnownKeys {
 
     fn with_bytes_max(bytes_max: u64) -> Self {
         Self {
-            filter: ScalableBloom::new(bytes_max),
+            filter: Some(ScalableBloom::new(bytes_max)),
             loaded: AtomicBool::new(false),
             reads_saved: AtomicU64::new(0),
         }
     }
 
+    /// No filter: every answer is "maybe" (for a store that answers absent keys cheaply).
+    pub fn not_kept() -> Self {
+        Self {
+            filter: None,
+            loaded: AtomicBool::new(false),
+            reads_saved: AtomicU64::new(0),
+        }
+    }
+
+    /// A filter for `store`, loaded from it in the background; or none when the store needs
+    /// none.
+    pub fn for_store<S, C, F>(store: &Arc<S>, start: C, page_keys: usize, page: F) -> Arc<Self>
+    where
+        S: Store + ?Sized + Send + Sync + 'static,
+        C: Send + 'static,
+        F: Fn(&S, &C, usize) -> Result<(Vec<(String, String)>, C), Error> + Send + 'static,
+    {
+        if store.absent_keys_are_cheap() {
+            return Arc::new(Self::not_kept());
+        }
+        let filter = Arc::new(Self::new());
+        filter.load_from(store, start, page_keys, page);
+        filter
+    }
+
     /// Adds a key. Call before its record can be committed.
     pub fn insert(&self, tenant: &str, key: &str) {
-        self.filter.insert(key_hash(tenant, key));
+        if let Some(filter) = &self.filter {
+            filter.insert(key_hash(tenant, key));
+        }
     }
 
     /// `false` only when the store certainly holds no record for the key.
@@ -120,7 +149,10 @@ impl KnownKeys {
         if !self.loaded.load(Ordering::Acquire) {
             return true;
         }
-        let maybe = self.filter.may_contain(key_hash(tenant, key));
+        let Some(filter) = &self.filter else {
+            return true;
+        };
+        let maybe = filter.may_contain(key_hash(tenant, key));
         if !maybe {
             self.reads_saved.fetch_add(1, Ordering::Relaxed);
         }
@@ -184,7 +216,7 @@ impl KnownKeys {
 
     /// What the filter holds.
     pub fn stats(&self) -> KnownKeysStats {
-        let (stages, bytes, keys) = self.filter.usage();
+        let (stages, bytes, keys) = self.filter.as_ref().map_or((0, 0, 0), |f| f.usage());
         KnownKeysStats {
             loaded: self.loaded.load(Ordering::Acquire),
             stages,

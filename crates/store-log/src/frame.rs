@@ -50,8 +50,16 @@ pub enum Record {
         created_at_ms: i64,
         response: Vec<u8>,
     },
-    /// An idempotency record removed (expired or swept).
-    IdempotencyDelete { tenant: String, key: String },
+    /// An idempotency record removed (expired, and its key used again): the key, and where
+    /// the record removed is (a packed location).
+    IdempotencyDelete {
+        tenant: String,
+        key: String,
+        at: u64,
+    },
+    /// Idempotency records swept: every one before the location `before` (packed) is gone;
+    /// `passed` records lay between the previous sweep's `before` and this one's.
+    IdempotencySwept { before: u64, passed: u64 },
     /// A timer set or moved.
     TimerSet {
         stream: String,
@@ -69,17 +77,23 @@ pub enum Record {
         not_before_ms: i64,
         body: Vec<u8>,
     },
-    /// An effect applied.
-    OutboxDone { effect_key: String },
+    /// An effect applied. Updates of an effect name it by key and by where it was queued
+    /// (`at`, a packed location).
+    OutboxDone { at: u64, effect_key: String },
     /// An effect failed, to be tried again.
     OutboxRetry {
+        at: u64,
         effect_key: String,
         attempts: u32,
         next_attempt_ms: i64,
         error: String,
     },
     /// An effect given up.
-    OutboxDead { effect_key: String, error: String },
+    OutboxDead {
+        at: u64,
+        effect_key: String,
+        error: String,
+    },
     /// A versioned record written.
     Versioned {
         table: VersionedTable,
@@ -108,6 +122,7 @@ mod kind {
     pub const VERSIONED: u8 = 12;
     pub const CHECKPOINT: u8 = 13;
     pub const END: u8 = 14;
+    pub const IDEMPOTENCY_SWEPT: u8 = 15;
 }
 
 pub fn table_code(table: VersionedTable) -> u8 {
@@ -218,10 +233,16 @@ pub fn encode(record: &Record, buf: &mut Vec<u8>) -> usize {
             o.i64(*created_at_ms);
             o.bytes(response);
         }
-        Record::IdempotencyDelete { tenant, key } => {
+        Record::IdempotencyDelete { tenant, key, at } => {
             o.u8(kind::IDEMPOTENCY_DELETE);
             o.str(tenant);
             o.str(key);
+            o.u64(*at);
+        }
+        Record::IdempotencySwept { before, passed } => {
+            o.u8(kind::IDEMPOTENCY_SWEPT);
+            o.u64(*before);
+            o.u64(*passed);
         }
         Record::TimerSet {
             stream,
@@ -254,24 +275,32 @@ pub fn encode(record: &Record, buf: &mut Vec<u8>) -> usize {
             o.i64(*not_before_ms);
             o.bytes(body);
         }
-        Record::OutboxDone { effect_key } => {
+        Record::OutboxDone { at, effect_key } => {
             o.u8(kind::OUTBOX_DONE);
+            o.u64(*at);
             o.str(effect_key);
         }
         Record::OutboxRetry {
+            at,
             effect_key,
             attempts,
             next_attempt_ms,
             error,
         } => {
             o.u8(kind::OUTBOX_RETRY);
+            o.u64(*at);
             o.str(effect_key);
             o.u32(*attempts);
             o.i64(*next_attempt_ms);
             o.str(error);
         }
-        Record::OutboxDead { effect_key, error } => {
+        Record::OutboxDead {
+            at,
+            effect_key,
+            error,
+        } => {
             o.u8(kind::OUTBOX_DEAD);
+            o.u64(*at);
             o.str(effect_key);
             o.str(error);
         }
@@ -379,6 +408,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Record, usize), Bad> {
         kind::IDEMPOTENCY_DELETE => Record::IdempotencyDelete {
             tenant: i.str()?,
             key: i.str()?,
+            at: i.u64()?,
+        },
+        kind::IDEMPOTENCY_SWEPT => Record::IdempotencySwept {
+            before: i.u64()?,
+            passed: i.u64()?,
         },
         kind::TIMER_SET => Record::TimerSet {
             stream: i.str()?,
@@ -398,15 +432,18 @@ pub fn decode(bytes: &[u8]) -> Result<(Record, usize), Bad> {
             body: i.bytes()?,
         },
         kind::OUTBOX_DONE => Record::OutboxDone {
+            at: i.u64()?,
             effect_key: i.str()?,
         },
         kind::OUTBOX_RETRY => Record::OutboxRetry {
+            at: i.u64()?,
             effect_key: i.str()?,
             attempts: i.u32()?,
             next_attempt_ms: i.i64()?,
             error: i.str()?,
         },
         kind::OUTBOX_DEAD => Record::OutboxDead {
+            at: i.u64()?,
             effect_key: i.str()?,
             error: i.str()?,
         },
@@ -530,6 +567,11 @@ mod tests {
             Record::IdempotencyDelete {
                 tenant: "t".into(),
                 key: "k".into(),
+                at: 77,
+            },
+            Record::IdempotencySwept {
+                before: 1 << 41,
+                passed: 3,
             },
             Record::TimerSet {
                 stream: "s".into(),
@@ -549,15 +591,18 @@ mod tests {
                 body: b"b".to_vec(),
             },
             Record::OutboxDone {
+                at: 4,
                 effect_key: "e".into(),
             },
             Record::OutboxRetry {
+                at: 4,
                 effect_key: "e".into(),
                 attempts: 2,
                 next_attempt_ms: 3,
                 error: "x".into(),
             },
             Record::OutboxDead {
+                at: 4,
                 effect_key: "e".into(),
                 error: "y".into(),
             },

@@ -10,11 +10,13 @@
 //! each plus their names). That is the price of this first version; it is not yet bounded by
 //! configuration (see docs/store-log.md).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
 
 use marketgov_audit::{Checkpoint, Head};
 
 use crate::frame::{table_code, Record};
+use crate::keys::KeyTable;
 
 /// Where a frame is: its segment and its offset in it, packed (segments are far smaller than
 /// 2^40 bytes).
@@ -34,6 +36,17 @@ impl Loc {
     pub fn offset(self) -> u64 {
         self.0 & ((1 << Self::OFFSET_BITS) - 1)
     }
+    /// The packed value, as stored in frames and run files.
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+    pub fn from_raw(raw: u64) -> Self {
+        Self(raw)
+    }
+    /// The least location after this one.
+    pub fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
 }
 
 /// A stream: where its events are (version `i + 1` at `events[i]`) and its latest snapshot.
@@ -43,52 +56,61 @@ pub struct StreamIndex {
     pub snapshot: Option<(u64, Loc)>,
 }
 
-/// An idempotency record: where it is, and its place in insertion order (for the sweep).
-#[derive(Debug, Clone, Copy)]
-pub struct KeyIndex {
-    pub loc: Loc,
-    pub order: u64,
-    pub created_at_ms: i64,
-}
-
 /// The state of a queued effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EffectState {
     Pending,
-    Done,
-    Dead,
+    /// Done or dead: never attempted again, and its key never queued again.
+    Settled,
 }
 
-/// A queued effect.
+/// A pending effect held in memory (its record is where it was queued).
 #[derive(Debug, Clone, Copy)]
 pub struct EffectIndex {
-    pub id: i64,
-    pub loc: Loc,
-    pub state: EffectState,
     pub attempts: u32,
     pub next_attempt_ms: i64,
 }
 
+/// Pending effects moved from disk to memory at most per batch applied.
+const EFFECTS_REFILL_MAX: usize = 4096;
+
 /// A `(tenant, key)` pair.
 pub type Key = (String, String);
 
-/// The in-memory index of the durable log.
-#[derive(Debug, Default)]
+/// The index of the durable log (in memory, but for the key runs of closed segments).
+#[derive(Debug)]
 pub struct Index {
     pub head: Head,
     /// The location of every 64th audit entry (seq 1, 65, ...), for reads by sequence.
     pub seq_marks: Vec<Loc>,
     pub streams: BTreeMap<String, StreamIndex>,
-    pub keys: BTreeMap<Key, KeyIndex>,
-    /// Idempotency records in insertion order.
-    pub key_order: BTreeMap<u64, Key>,
-    pub next_key_order: u64,
+    /// Where idempotency records are (by a hash of `(tenant, key)`; see keys.rs).
+    pub keys: KeyTable,
+    /// Idempotency records stored and not removed.
+    pub keys_live: u64,
+    /// Every idempotency record before this location has been swept.
+    pub keys_frontier: Loc,
+    /// Records removed one by one (an expired key used again) that the sweep has not passed.
+    pub keys_removed: BTreeSet<Loc>,
     pub timers: HashMap<(String, String), i64>,
     pub timers_due: BTreeSet<(i64, String, String)>,
-    pub effects: HashMap<String, EffectIndex>,
-    /// Pending effects by `(next attempt, id)`, with their keys.
-    pub effects_ready: BTreeMap<(i64, i64), String>,
+    /// Where every effect ever queued is (by a hash of its key).
+    pub effects: KeyTable,
+    /// Pending effects (neither done nor dead) held in memory, by where each was queued: at
+    /// most `effects_in_memory_max`, but for a spilled one loaded by its retry.
+    pub pending: HashMap<Loc, EffectIndex>,
+    /// The pending effects in memory by `(next attempt, where queued)`.
+    pub effects_ready: BTreeSet<(i64, Loc)>,
+    /// Pending effects in all, in memory or not.
     pub effects_pending: u64,
+    /// Effects queued while memory was full: from this location on, every effect is pending,
+    /// never attempted and held only on disk, unless it is in `pending` or `spilled_settled`.
+    /// Each batch applied moves some back to memory once it has room (the same at every open:
+    /// it follows from the log alone).
+    pub spilled_from: Option<Loc>,
+    /// Spilled effects settled without passing through memory.
+    pub spilled_settled: HashSet<Loc>,
+    pub effects_in_memory_max: usize,
     pub effect_id_max: i64,
     pub versioned: BTreeMap<(u8, String), (u64, Loc)>,
     pub checkpoints: Vec<Checkpoint>,
@@ -105,6 +127,91 @@ pub const SEQ_MARK_EVERY: u64 = 64;
 pub struct Inconsistent(pub String);
 
 impl Index {
+    /// An empty index whose key runs go in `dir` (the segments' directory).
+    pub fn new(dir: &Path, effects_in_memory_max: usize) -> Self {
+        Self {
+            head: Head::default(),
+            seq_marks: Vec::new(),
+            streams: BTreeMap::new(),
+            keys: KeyTable::new(dir, "idem"),
+            keys_live: 0,
+            keys_frontier: Loc::from_raw(0),
+            keys_removed: BTreeSet::new(),
+            timers: HashMap::new(),
+            timers_due: BTreeSet::new(),
+            effects: KeyTable::new(dir, "effect"),
+            pending: HashMap::new(),
+            effects_ready: BTreeSet::new(),
+            effects_pending: 0,
+            spilled_from: None,
+            spilled_settled: HashSet::new(),
+            effects_in_memory_max: effects_in_memory_max.max(1),
+            effect_id_max: 0,
+            versioned: BTreeMap::new(),
+            checkpoints: Vec::new(),
+            batch: 0,
+        }
+    }
+
+    /// Whether the idempotency record at `loc` is still kept (neither swept nor removed).
+    pub fn key_kept(&self, loc: Loc) -> bool {
+        loc >= self.keys_frontier && !self.keys_removed.contains(&loc)
+    }
+
+    /// Whether the effect queued at `at` is pending (`at` must be where an effect was queued).
+    pub fn effect_pending(&self, at: Loc) -> bool {
+        self.pending.contains_key(&at)
+            || (self.spilled_from.is_some_and(|from| at >= from)
+                && !self.spilled_settled.contains(&at))
+    }
+
+    /// Moves spilled effects back to memory while it has room, in the order they were queued.
+    fn refill_effects(&mut self) -> Result<(), Inconsistent> {
+        let Some(from) = self.spilled_from else {
+            return Ok(());
+        };
+        if self.pending.len() > self.effects_in_memory_max / 2 {
+            return Ok(());
+        }
+        let spilled = self
+            .effects
+            .order_from(from, EFFECTS_REFILL_MAX)
+            .map_err(|e| Inconsistent(e.to_string()))?;
+        let mut next = None;
+        for (at, not_before_ms) in &spilled {
+            if self.pending.len() >= self.effects_in_memory_max {
+                next = Some(*at);
+                break;
+            }
+            if self.spilled_settled.remove(at) || self.pending.contains_key(at) {
+                continue;
+            }
+            self.pending.insert(
+                *at,
+                EffectIndex {
+                    attempts: 0,
+                    next_attempt_ms: *not_before_ms,
+                },
+            );
+            self.effects_ready.insert((*not_before_ms, *at));
+        }
+        self.spilled_from = match (next, spilled.last()) {
+            (Some(at), _) => Some(at),
+            (None, Some((last, _))) if spilled.len() == EFFECTS_REFILL_MAX => Some(last.next()),
+            _ => None,
+        };
+        if self.spilled_from.is_none() {
+            self.spilled_settled.clear();
+        }
+        Ok(())
+    }
+
+    /// The segment being written is closed: the keys of it leave memory for its runs.
+    pub fn close_segment(&mut self) -> Result<(), marketgov_store::Error> {
+        self.keys.close_segment()?;
+        self.effects.close_segment()
+    }
+
     /// The stream's last version (0: no events).
     pub fn stream_version(&self, stream: &str) -> u64 {
         self.streams
@@ -168,29 +275,40 @@ impl Index {
                 created_at_ms,
                 ..
             } => {
-                let k = (tenant.clone(), key.clone());
-                let order = self.next_key_order;
-                self.next_key_order += 1;
-                if let Some(old) = self.keys.insert(
-                    k.clone(),
-                    KeyIndex {
-                        loc,
-                        order,
-                        created_at_ms: *created_at_ms,
-                    },
-                ) {
+                let hash = self.keys.hash(&[tenant, key]);
+                self.keys.insert(hash, loc, *created_at_ms)?;
+                self.keys_live += 1;
+            }
+            Record::IdempotencyDelete { tenant, key, at } => {
+                let at = Loc::from_raw(*at);
+                if at >= loc || !self.key_kept(at) {
                     return Err(Inconsistent(format!(
-                        "idempotency key {tenant}/{key} stored twice (first at {})",
-                        old.order
+                        "idempotency key {tenant}/{key} removed where no kept record is"
                     )));
                 }
-                self.key_order.insert(order, k);
+                self.keys_removed.insert(at);
+                self.keys_live -= 1;
             }
-            Record::IdempotencyDelete { tenant, key } => {
-                let k = (tenant.clone(), key.clone());
-                if let Some(old) = self.keys.remove(&k) {
-                    self.key_order.remove(&old.order);
+            Record::IdempotencySwept { before, passed } => {
+                let before = Loc::from_raw(*before);
+                if before < self.keys_frontier || before > loc {
+                    return Err(Inconsistent(format!(
+                        "an idempotency sweep to {} goes backwards or ahead of the log",
+                        before.raw()
+                    )));
                 }
+                let kept = self.keys_removed.split_off(&before);
+                let removed = std::mem::replace(&mut self.keys_removed, kept).len() as u64;
+                self.keys_live = passed
+                    .checked_sub(removed)
+                    .and_then(|swept| self.keys_live.checked_sub(swept))
+                    .ok_or_else(|| {
+                        Inconsistent(format!(
+                            "an idempotency sweep passes {passed} records, more than are kept"
+                        ))
+                    })?;
+                self.keys_frontier = before;
+                self.keys.drop_before(before.segment());
             }
             Record::TimerSet {
                 stream,
@@ -215,57 +333,59 @@ impl Index {
                 not_before_ms,
                 ..
             } => {
-                if *id <= self.effect_id_max || self.effects.contains_key(effect_key) {
+                if *id != self.effect_id_max + 1 {
                     return Err(Inconsistent(format!(
-                        "effect {effect_key} (row {id}) queued twice or out of order"
+                        "effect {effect_key} is row {id}, after row {}",
+                        self.effect_id_max
                     )));
                 }
                 self.effect_id_max = *id;
-                self.effects.insert(
-                    effect_key.clone(),
-                    EffectIndex {
-                        id: *id,
-                        loc,
-                        state: EffectState::Pending,
-                        attempts: 0,
-                        next_attempt_ms: *not_before_ms,
-                    },
-                );
-                self.effects_ready
-                    .insert((*not_before_ms, *id), effect_key.clone());
+                let hash = self.effects.hash(&[effect_key]);
+                self.effects.insert(hash, loc, *not_before_ms)?;
                 self.effects_pending += 1;
+                if self.spilled_from.is_none() && self.pending.len() < self.effects_in_memory_max {
+                    self.pending.insert(
+                        loc,
+                        EffectIndex {
+                            attempts: 0,
+                            next_attempt_ms: *not_before_ms,
+                        },
+                    );
+                    self.effects_ready.insert((*not_before_ms, loc));
+                } else if self.spilled_from.is_none() {
+                    self.spilled_from = Some(loc);
+                }
             }
-            Record::OutboxDone { effect_key }
-            | Record::OutboxDead { effect_key, .. }
-            | Record::OutboxRetry { effect_key, .. } => {
-                let Some(e) = self.effects.get_mut(effect_key) else {
-                    return Err(Inconsistent(format!(
-                        "effect {effect_key} was never queued"
-                    )));
-                };
-                if e.state != EffectState::Pending {
+            Record::OutboxDone { at, effect_key }
+            | Record::OutboxDead { at, effect_key, .. }
+            | Record::OutboxRetry { at, effect_key, .. } => {
+                let at = Loc::from_raw(*at);
+                if at >= loc || !self.effect_pending(at) {
                     return Err(Inconsistent(format!("effect {effect_key} is not pending")));
                 }
-                self.effects_ready.remove(&(e.next_attempt_ms, e.id));
-                match record {
-                    Record::OutboxRetry {
-                        attempts,
-                        next_attempt_ms,
-                        ..
-                    } => {
-                        e.attempts = *attempts;
-                        e.next_attempt_ms = *next_attempt_ms;
-                        self.effects_ready
-                            .insert((*next_attempt_ms, e.id), effect_key.clone());
+                if let Some(e) = self.pending.get(&at) {
+                    self.effects_ready.remove(&(e.next_attempt_ms, at));
+                }
+                if let Record::OutboxRetry {
+                    attempts,
+                    next_attempt_ms,
+                    ..
+                } = record
+                {
+                    // A spilled effect retried is held in memory from here on.
+                    self.pending.insert(
+                        at,
+                        EffectIndex {
+                            attempts: *attempts,
+                            next_attempt_ms: *next_attempt_ms,
+                        },
+                    );
+                    self.effects_ready.insert((*next_attempt_ms, at));
+                } else {
+                    if self.pending.remove(&at).is_none() {
+                        self.spilled_settled.insert(at);
                     }
-                    Record::OutboxDone { .. } => {
-                        e.state = EffectState::Done;
-                        self.effects_pending -= 1;
-                    }
-                    _ => {
-                        e.state = EffectState::Dead;
-                        self.effects_pending -= 1;
-                    }
+                    self.effects_pending -= 1;
                 }
             }
             Record::Versioned {
@@ -286,6 +406,7 @@ impl Index {
                     )));
                 }
                 self.batch = *batch;
+                self.refill_effects()?;
             }
         }
         Ok(())

@@ -21,6 +21,7 @@
 
 mod frame;
 mod index;
+mod keys;
 mod segments;
 mod writer;
 
@@ -40,6 +41,7 @@ use marketgov_store::{
 
 use crate::frame::{table_code, Record};
 use crate::index::{Index, Loc};
+pub use crate::segments::SEGMENT_BYTES_MAX;
 
 /// Options of the log-structured store.
 #[derive(Debug)]
@@ -57,6 +59,11 @@ pub struct Options {
     /// Audit entries at the tail of the log whose hashes are re-verified on open (every record's
     /// CRC and the chain's links are checked on open regardless).
     pub verify_tail_entries: u64,
+    /// Pending effects held in memory at most; more are held on disk only, and come back to
+    /// memory as those before them are done (about 70 bytes each in memory).
+    pub effects_in_memory_max: usize,
+    /// A new segment file is started when the current one would pass this many bytes.
+    pub segment_bytes_max: u64,
     /// Test seam: makes a chosen batch fail or wait.
     pub fault: Option<Arc<FaultInjector>>,
 }
@@ -71,6 +78,8 @@ impl Options {
             checkpoint_every_entries: 1000,
             signer: None,
             verify_tail_entries: 1024,
+            segment_bytes_max: SEGMENT_BYTES_MAX,
+            effects_in_memory_max: 100_000,
             fault: None,
         }
     }
@@ -94,7 +103,7 @@ pub enum FaultMode {
 pub type FaultInjector = marketgov_store::backend::BatchFault<FaultMode>;
 
 /// State shared by the writer and the handle.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Shared {
     pub index: RwLock<Index>,
     pub segments: segments::Segments,
@@ -142,22 +151,23 @@ impl LogStore {
                 options.dir.display()
             ))
         })?;
-        let mut shared = Shared {
-            fault: options.fault.clone(),
-            ..Shared::default()
-        };
-        let mut index = Index::default();
-        let opened = segments::open_all(
-            &segments::dir_of(&options.dir),
-            &shared.segments,
-            &mut index,
-        )?;
-        verify_tail(&index, &shared.segments, options.verify_tail_entries)?;
+        let log_dir = segments::dir_of(&options.dir);
+        let segments = segments::Segments::default();
+        let mut index = Index::new(&log_dir, options.effects_in_memory_max);
+        let opened = segments::open_all(&log_dir, &segments, &mut index)?;
+        verify_tail(&index, &segments, options.verify_tail_entries)?;
         let last_checkpoint = index.checkpoints.last().map_or(0, |c| c.seq);
         let effect_id = index.effect_id_max;
-        let segment = (shared.segments.len() - 1) as u32;
-        shared.index = RwLock::new(index);
-        let shared = Arc::new(shared);
+        let segment = (segments.len() - 1) as u32;
+        let shared = Arc::new(Shared {
+            index: RwLock::new(index),
+            segments,
+            stopped: StopFlag::default(),
+            queued: AtomicUsize::new(0),
+            commits: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            fault: options.fault.clone(),
+        });
         let (tx, rx) = sync_channel(options.commit_queue_max);
         let w = writer::Writer {
             shared: shared.clone(),
@@ -170,6 +180,7 @@ impl LogStore {
             last_checkpoint,
             batch_commits_max: options.batch_commits_max.max(1),
             effect_id,
+            segment_bytes_max: options.segment_bytes_max,
             spare: (Vec::new(), Vec::new()),
         };
         let writer = std::thread::Builder::new()
@@ -440,48 +451,63 @@ impl Store for LogStore {
     }
 
     fn idempotency(&self, tenant: &str, key: &str) -> Result<Option<IdempotencyRecord>, Error> {
-        let loc = {
-            let index = self.index()?;
-            match index.keys.get(&(tenant.to_owned(), key.to_owned())) {
-                Some(k) => k.loc,
-                None => return Ok(None),
+        let index = self.index()?;
+        for loc in index.keys.candidates(index.keys.hash(&[tenant, key]))? {
+            if !index.key_kept(loc) {
+                continue;
             }
-        };
-        match self.read(loc)? {
-            Record::IdempotencyPut {
-                tenant: t,
-                key: k,
-                operation,
-                fingerprint,
-                created_at_ms,
-                response,
-            } if t == tenant && k == key => Ok(Some(IdempotencyRecord {
-                tenant: t,
-                key: k,
-                operation,
-                fingerprint,
-                response,
-                created_at_ms,
-            })),
-            other => Err(wrong_record(loc, "the idempotency record", &other)),
+            match self.read(loc)? {
+                Record::IdempotencyPut {
+                    tenant: t,
+                    key: k,
+                    operation,
+                    fingerprint,
+                    created_at_ms,
+                    response,
+                } => {
+                    if t == tenant && k == key {
+                        return Ok(Some(IdempotencyRecord {
+                            tenant: t,
+                            key: k,
+                            operation,
+                            fingerprint,
+                            response,
+                            created_at_ms,
+                        }));
+                    }
+                }
+                other => return Err(wrong_record(loc, "an idempotency record", &other)),
+            }
         }
+        Ok(None)
     }
 
+    /// Reads every kept record to sort their keys: O(records) per call. The engine does not
+    /// call it on this store (see [`Store::absent_keys_are_cheap`]); it is here for tools and
+    /// tests.
     fn idempotency_keys(
         &self,
         after: &(String, String),
         limit: usize,
     ) -> Result<Vec<(String, String)>, Error> {
         let index = self.index()?;
-        Ok(index
-            .keys
-            .range::<(String, String), _>((
-                std::ops::Bound::Excluded(after),
-                std::ops::Bound::Unbounded,
-            ))
-            .take(limit)
-            .map(|(k, _)| k.clone())
-            .collect())
+        let mut keys = Vec::new();
+        for (loc, _) in index.keys.order_from(index.keys_frontier, usize::MAX)? {
+            if !index.key_kept(loc) {
+                continue;
+            }
+            match self.read(loc)? {
+                Record::IdempotencyPut { tenant, key, .. } => {
+                    if (&tenant, &key) > (&after.0, &after.1) {
+                        keys.push((tenant, key));
+                    }
+                }
+                other => return Err(wrong_record(loc, "an idempotency record", &other)),
+            }
+        }
+        keys.sort_unstable();
+        keys.truncate(limit);
+        Ok(keys)
     }
 
     fn due_timers(&self, until_ms: i64, limit: usize) -> Result<Vec<TimerRow>, Error> {
@@ -505,10 +531,12 @@ impl Store for LogStore {
             index
                 .effects_ready
                 .iter()
-                .take_while(|((next, _), _)| *next <= now_ms)
+                .take_while(|(next, _)| *next <= now_ms)
                 .take(limit)
-                .filter_map(|(_, key)| index.effects.get(key))
-                .map(|e| (e.loc, e.attempts, e.next_attempt_ms))
+                .filter_map(|(_, at)| {
+                    let e = index.pending.get(at)?;
+                    Some((*at, e.attempts, e.next_attempt_ms))
+                })
                 .collect()
         };
         let mut out = Vec::with_capacity(ready.len());
@@ -660,5 +688,11 @@ impl Store for LogStore {
             timers: index.timers.len() as u64,
             outbox: index.effects_pending,
         })
+    }
+
+    /// Streams are indexed in memory, and idempotency and effect keys are behind a filter of
+    /// every key stored (keys.rs).
+    fn absent_keys_are_cheap(&self) -> bool {
+        true
     }
 }

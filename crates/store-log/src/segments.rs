@@ -187,6 +187,9 @@ pub fn open_all(dir: &Path, segments: &Segments, index: &mut Index) -> Result<Op
         let segment = segments.push(file.clone())?;
         let is_last = n as usize == count;
         let (end, len) = scan(&file, segment, is_last, index)?;
+        if !is_last {
+            index.close_segment()?;
+        }
         if is_last {
             let cut_bytes = len - end;
             if cut_bytes > 0 {

@@ -8,7 +8,7 @@
 //! (fail-stop): what reached the disk is decided by the next open, which keeps a whole batch and
 //! cuts off a torn one. A sync is never retried on the same file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::frame::{self, table_code, Record};
 use crate::index::{EffectState, Index, Key, Loc};
-use crate::segments::{self, BATCH_BYTES_MAX, SEGMENT_BYTES_MAX};
+use crate::segments::{self, Segments, BATCH_BYTES_MAX};
 use crate::{FaultMode, Shared};
 
 /// Where a caller is answered.
@@ -54,6 +54,8 @@ pub(crate) struct Writer {
     pub batch_commits_max: usize,
     /// The next outbox row id.
     pub effect_id: i64,
+    /// See [`crate::Options::segment_bytes_max`].
+    pub segment_bytes_max: u64,
     /// The last batch's buffers, kept for the next (fresh ones would be page-faulted in and
     /// zeroed by the kernel at every batch: a sixth of the writer's time when measured).
     pub spare: (Vec<u8>, Vec<(Record, usize)>),
@@ -63,10 +65,15 @@ pub(crate) struct Writer {
 #[derive(Default)]
 struct Overlay {
     versions: HashMap<String, u64>,
-    /// `true`: stored after the batch; `false`: removed.
+    /// `true`: stored in this batch; `false`: removed in this batch.
     keys: HashMap<Key, bool>,
     keys_net: i64,
-    effects: HashMap<String, EffectState>,
+    /// Durable idempotency records removed one by one in this batch.
+    keys_removed: HashSet<Loc>,
+    /// Where this batch's sweeps have got to.
+    keys_frontier: Option<Loc>,
+    /// Effects queued or updated in this batch, and where each was queued if that is durable.
+    effects: HashMap<String, (EffectState, Option<Loc>)>,
     versioned: HashMap<(u8, String), u64>,
 }
 
@@ -75,6 +82,10 @@ impl Overlay {
         self.versions.extend(other.versions);
         self.keys.extend(other.keys);
         self.keys_net += other.keys_net;
+        self.keys_removed.extend(other.keys_removed);
+        if other.keys_frontier.is_some() {
+            self.keys_frontier = other.keys_frontier;
+        }
         self.effects.extend(other.effects);
         self.versioned.extend(other.versioned);
     }
@@ -83,6 +94,7 @@ impl Overlay {
 /// The index seen through the batch's overlay and the current commit's draft.
 struct View<'a> {
     index: &'a Index,
+    segments: &'a Segments,
     batch: &'a Overlay,
     draft: Overlay,
 }
@@ -96,22 +108,82 @@ impl View<'_> {
             .copied()
             .unwrap_or_else(|| self.index.stream_version(stream))
     }
-    fn key_present(&self, k: &Key) -> bool {
+
+    fn keys_frontier(&self) -> Loc {
         self.draft
-            .keys
-            .get(k)
-            .or_else(|| self.batch.keys.get(k))
-            .copied()
-            .unwrap_or_else(|| self.index.keys.contains_key(k))
+            .keys_frontier
+            .or(self.batch.keys_frontier)
+            .unwrap_or(self.index.keys_frontier)
     }
-    fn effect_state(&self, key: &str) -> Option<EffectState> {
-        self.draft
+
+    /// Whether the durable idempotency record at `loc` is still kept as the batch sees it.
+    fn key_kept(&self, loc: Loc) -> bool {
+        loc >= self.keys_frontier()
+            && self.index.key_kept(loc)
+            && !self.batch.keys_removed.contains(&loc)
+            && !self.draft.keys_removed.contains(&loc)
+    }
+
+    /// Where the durable record of `k` is, if it is still kept.
+    fn durable_key(&self, k: &Key) -> Result<Option<Loc>, Error> {
+        let (tenant, key) = (k.0.as_str(), k.1.as_str());
+        for loc in self
+            .index
+            .keys
+            .candidates(self.index.keys.hash(&[tenant, key]))?
+        {
+            if !self.key_kept(loc) {
+                continue;
+            }
+            if let Record::IdempotencyPut {
+                tenant: t, key: k, ..
+            } = self.segments.read(loc)?
+            {
+                if t == tenant && k == key {
+                    return Ok(Some(loc));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether `k` is stored as the batch sees it.
+    fn key_present(&self, k: &Key) -> Result<bool, Error> {
+        match self.draft.keys.get(k).or_else(|| self.batch.keys.get(k)) {
+            Some(present) => Ok(*present),
+            None => Ok(self.durable_key(k)?.is_some()),
+        }
+    }
+
+    /// The effect's state as the batch sees it, and where it was queued if that is durable.
+    fn effect_state(&self, key: &str) -> Result<Option<(EffectState, Option<Loc>)>, Error> {
+        if let Some(state) = self
+            .draft
             .effects
             .get(key)
             .or_else(|| self.batch.effects.get(key))
-            .copied()
-            .or_else(|| self.index.effects.get(key).map(|e| e.state))
+        {
+            return Ok(Some(*state));
+        }
+        for at in self
+            .index
+            .effects
+            .candidates(self.index.effects.hash(&[key]))?
+        {
+            if let Record::OutboxPut { effect_key, .. } = self.segments.read(at)? {
+                if effect_key == key {
+                    let state = if self.index.effect_pending(at) {
+                        EffectState::Pending
+                    } else {
+                        EffectState::Settled
+                    };
+                    return Ok(Some((state, Some(at))));
+                }
+            }
+        }
+        Ok(None)
     }
+
     fn versioned(&self, k: &(u8, String)) -> u64 {
         self.draft
             .versioned
@@ -260,7 +332,7 @@ impl Writer {
                     queued: self.shared.queued.load(Ordering::Relaxed),
                 })
             } else {
-                add_commit(&index, &mut batch, request.commit)
+                add_commit(&index, &self.shared.segments, &mut batch, request.commit)
             };
             batch.answers.push((request.ack, answer));
         }
@@ -300,7 +372,14 @@ impl Writer {
     /// Writes the batch at the end of the segment (starting a new one first when it is full)
     /// and syncs it.
     fn write_out(&mut self, batch: &Batch, fault: Option<FaultMode>) -> Result<(), String> {
-        if self.len > 0 && self.len + batch.buf.len() as u64 > SEGMENT_BYTES_MAX {
+        if self.len > 0 && self.len + batch.buf.len() as u64 > self.segment_bytes_max {
+            // The closed segment's keys go to their run files first (as the open does).
+            self.shared
+                .index
+                .write()
+                .map_err(|_| "index poisoned".to_string())?
+                .close_segment()
+                .map_err(|e| e.to_string())?;
             let number = self.segment + 2; // files count from 1
             let file = segments::create(&segments::dir_of(&self.dir), number)
                 .map_err(|e| e.to_string())?;
@@ -406,9 +485,15 @@ fn commit_bytes(c: &Commit) -> usize {
 
 /// Checks one commit against the index and the batch so far; if it may be written, encodes its
 /// records into the batch and answers its receipt; otherwise writes nothing of it.
-fn add_commit(index: &Index, batch: &mut Batch, commit: Commit) -> Result<Receipt, Error> {
+fn add_commit(
+    index: &Index,
+    segments: &Segments,
+    batch: &mut Batch,
+    commit: Commit,
+) -> Result<Receipt, Error> {
     let mut view = View {
         index,
+        segments,
         batch: &batch.overlay,
         draft: Overlay::default(),
     };
@@ -431,25 +516,34 @@ fn add_commit(index: &Index, batch: &mut Batch, commit: Commit) -> Result<Receip
             .versions
             .insert(e.stream.clone(), e.stream_version);
     }
-    let mut deletes: Vec<Key> = Vec::new();
+    let mut deletes: Vec<(Key, Loc)> = Vec::new();
     for (tenant, key) in &commit.idempotency_expired {
         let k = (tenant.clone(), key.clone());
-        if view.key_present(&k) {
+        match view.draft.keys.get(&k).or_else(|| view.batch.keys.get(&k)) {
+            Some(false) => continue, // removed earlier in this batch
+            Some(true) => {
+                // Stored earlier in this batch, so not durable yet and without a location to
+                // name; the caller retries after this batch.
+                return Err(Error::Conflict(format!(
+                    "idempotency key {key} was stored in this batch"
+                )));
+            }
+            None => {}
+        }
+        if let Some(at) = view.durable_key(&k)? {
             view.draft.keys.insert(k.clone(), false);
             view.draft.keys_net -= 1;
-            deletes.push(k);
+            view.draft.keys_removed.insert(at);
+            deletes.push((k, at));
         }
     }
-    if let Some(sweep) = &commit.idempotency_sweep {
-        for k in swept(&view, sweep) {
-            view.draft.keys.insert(k.clone(), false);
-            view.draft.keys_net -= 1;
-            deletes.push(k);
-        }
-    }
+    let sweep = match &commit.idempotency_sweep {
+        Some(sweep) => swept(&mut view, sweep)?,
+        None => None,
+    };
     for r in &commit.idempotency {
         let k = (r.tenant.clone(), r.key.clone());
-        if view.key_present(&k) {
+        if view.key_present(&k)? {
             return Err(Error::Conflict(format!(
                 "idempotency key {} is taken",
                 r.key
@@ -459,7 +553,7 @@ fn add_commit(index: &Index, batch: &mut Batch, commit: Commit) -> Result<Receip
         view.draft.keys_net += 1;
     }
     for o in &commit.outbox {
-        if view.effect_state(&o.effect_key).is_some() {
+        if view.effect_state(&o.effect_key)?.is_some() {
             return Err(Error::Conflict(format!(
                 "effect {} is already queued",
                 o.effect_key
@@ -467,20 +561,33 @@ fn add_commit(index: &Index, batch: &mut Batch, commit: Commit) -> Result<Receip
         }
         view.draft
             .effects
-            .insert(o.effect_key.clone(), EffectState::Pending);
+            .insert(o.effect_key.clone(), (EffectState::Pending, None));
     }
+    let mut updated_at = Vec::with_capacity(commit.outbox_updates.len());
     for u in &commit.outbox_updates {
         let (key, after) = match u {
-            OutboxUpdate::Done { effect_key } => (effect_key, EffectState::Done),
+            OutboxUpdate::Done { effect_key } | OutboxUpdate::Dead { effect_key, .. } => {
+                (effect_key, EffectState::Settled)
+            }
             OutboxUpdate::Retry { effect_key, .. } => (effect_key, EffectState::Pending),
-            OutboxUpdate::Dead { effect_key, .. } => (effect_key, EffectState::Dead),
         };
-        if view.effect_state(key) != Some(EffectState::Pending) {
-            return Err(Error::Conflict(format!(
-                "outbox row for {u:?} is not pending"
-            )));
-        }
-        view.draft.effects.insert(key.clone(), after);
+        let at = match view.effect_state(key)? {
+            Some((EffectState::Pending, Some(at))) => at,
+            Some((EffectState::Pending, None)) => {
+                // Queued in this batch, so without a durable location yet; the caller retries
+                // after this batch.
+                return Err(Error::Conflict(format!(
+                    "effect {key} was queued in this batch"
+                )));
+            }
+            _ => {
+                return Err(Error::Conflict(format!(
+                    "outbox row for {u:?} is not pending"
+                )))
+            }
+        };
+        updated_at.push(at.raw());
+        view.draft.effects.insert(key.clone(), (after, Some(at)));
     }
     for (table, writes) in commit.versioned_writes() {
         for w in writes {
@@ -540,8 +647,18 @@ fn add_commit(index: &Index, batch: &mut Batch, commit: Commit) -> Result<Receip
             body: s.body,
         });
     }
-    for (tenant, key) in deletes {
-        batch.push(Record::IdempotencyDelete { tenant, key });
+    for ((tenant, key), at) in deletes {
+        batch.push(Record::IdempotencyDelete {
+            tenant,
+            key,
+            at: at.raw(),
+        });
+    }
+    if let Some((before, passed)) = sweep {
+        batch.push(Record::IdempotencySwept {
+            before: before.raw(),
+            passed,
+        });
     }
     for r in idempotency {
         batch.push(Record::IdempotencyPut {
@@ -578,21 +695,26 @@ fn add_commit(index: &Index, batch: &mut Batch, commit: Commit) -> Result<Receip
             body: o.body,
         });
     }
-    for u in outbox_updates {
+    for (u, at) in outbox_updates.into_iter().zip(updated_at) {
         batch.push(match u {
-            OutboxUpdate::Done { effect_key } => Record::OutboxDone { effect_key },
+            OutboxUpdate::Done { effect_key } => Record::OutboxDone { at, effect_key },
             OutboxUpdate::Retry {
                 effect_key,
                 attempts,
                 next_attempt_ms,
                 error,
             } => Record::OutboxRetry {
+                at,
                 effect_key,
                 attempts,
                 next_attempt_ms,
                 error,
             },
-            OutboxUpdate::Dead { effect_key, error } => Record::OutboxDead { effect_key, error },
+            OutboxUpdate::Dead { effect_key, error } => Record::OutboxDead {
+                at,
+                effect_key,
+                error,
+            },
         });
     }
     let tables = [
@@ -615,31 +737,48 @@ fn add_commit(index: &Index, batch: &mut Batch, commit: Commit) -> Result<Receip
     Ok(receipt)
 }
 
-/// The idempotency records a sweep removes: the oldest while they are expired, then the oldest
-/// while more than `keep_max` are kept; at most `limit`. Records of the current batch are the
-/// newest and are never swept by it.
-fn swept(view: &View<'_>, sweep: &marketgov_store::IdempotencySweep) -> Vec<Key> {
-    let limit = usize::try_from(sweep.limit).unwrap_or(usize::MAX);
-    let mut live = view.index.keys.len() as i64 + view.batch.keys_net + view.draft.keys_net;
+/// Durable records read per step of a sweep.
+const SWEEP_PAGE: usize = 1024;
+
+/// Where a sweep gets to: the oldest kept records go while they are expired, then while more
+/// than `keep_max` are kept; at most `limit` of them. Answers the new frontier (every record
+/// before it is gone) and how many records lie between the old and the new frontier (records
+/// removed one by one are passed without counting against the limit), or `None` when the sweep
+/// removes nothing. Records of the current batch are the newest, not durable yet, and never
+/// swept by it.
+fn swept(
+    view: &mut View<'_>,
+    sweep: &marketgov_store::IdempotencySweep,
+) -> Result<Option<(Loc, u64)>, Error> {
+    let limit = sweep.limit;
     let keep_max = i64::try_from(sweep.keep_max).unwrap_or(i64::MAX);
-    let mut out = Vec::new();
-    for k in view.index.key_order.values() {
-        if out.len() >= limit {
+    let mut live = view.index.keys_live as i64 + view.batch.keys_net + view.draft.keys_net;
+    let mut frontier = view.keys_frontier();
+    let (mut passed, mut removed) = (0u64, 0u64);
+    'pages: loop {
+        let page = view.index.keys.order_from(frontier, SWEEP_PAGE)?;
+        for (loc, created_at_ms) in &page {
+            if view.key_kept(*loc) {
+                if removed >= limit {
+                    break 'pages;
+                }
+                if *created_at_ms >= sweep.before_ms && live <= keep_max {
+                    break 'pages;
+                }
+                removed += 1;
+                live -= 1;
+            }
+            passed += 1;
+            frontier = loc.next();
+        }
+        if page.len() < SWEEP_PAGE {
             break;
         }
-        if view.draft.keys.contains_key(k) || view.batch.keys.contains_key(k) {
-            continue; // removed (or removed and stored again) earlier in this batch
-        }
-        let expired = view
-            .index
-            .keys
-            .get(k)
-            .is_some_and(|r| r.created_at_ms < sweep.before_ms);
-        if !expired && live <= keep_max {
-            break;
-        }
-        out.push(k.clone());
-        live -= 1;
     }
-    out
+    if passed == 0 {
+        return Ok(None);
+    }
+    view.draft.keys_net -= removed as i64;
+    view.draft.keys_frontier = Some(frontier);
+    Ok(Some((frontier, passed)))
 }

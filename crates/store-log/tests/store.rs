@@ -419,3 +419,248 @@ fn a_commit_too_large_for_a_batch_is_refused_alone() {
     assert_eq!(store.stats().unwrap().events, 1);
     assert!(store.load_stream("big").unwrap().events.is_empty());
 }
+
+/// A store whose segments are closed every few KiB, so keys and effects spread over many runs.
+fn open_small_segments(dir: &Path) -> LogStore {
+    let mut o = options(dir);
+    o.segment_bytes_max = 4 << 10;
+    LogStore::open(o).unwrap()
+}
+
+fn effect(key: &str) -> marketgov_store::OutboxWrite {
+    marketgov_store::OutboxWrite {
+        effect_key: key.into(),
+        stream: "s".into(),
+        connector: "sandbox".into(),
+        body: b"{}".to_vec(),
+        not_before_ms: 0,
+    }
+}
+
+fn done(key: &str) -> marketgov_store::OutboxUpdate {
+    marketgov_store::OutboxUpdate::Done {
+        effect_key: key.into(),
+    }
+}
+
+fn commit_result(store: &LogStore, c: Commit) -> Result<marketgov_store::Receipt, Error> {
+    wait(store.commit(c).unwrap())
+}
+
+/// What the store answers about every key and effect of the workload below.
+fn key_answers(store: &LogStore, n: u64) -> Vec<(bool, Option<i64>, bool)> {
+    (0..n)
+        .map(|i| {
+            let k = store.idempotency("t", &format!("k{i}")).unwrap();
+            let requeued = commit_result(
+                store,
+                Commit {
+                    outbox: vec![effect(&format!("e{i}"))],
+                    ..Commit::default()
+                },
+            );
+            (
+                k.is_some(),
+                k.map(|r| r.created_at_ms),
+                matches!(requeued, Err(Error::Conflict(_))),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn keys_and_effects_in_closed_segments_are_found_refused_again_and_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 300u64;
+    let store = open_small_segments(dir.path());
+    for i in 0..n {
+        let mut r = key(&format!("k{i}"));
+        r.created_at_ms = i as i64;
+        commit_result(
+            &store,
+            Commit {
+                events: vec![event("s", i + 1, "{}")],
+                idempotency: vec![r],
+                outbox: vec![effect(&format!("e{i}"))],
+                ..Commit::default()
+            },
+        )
+        .unwrap();
+        if i % 2 == 0 {
+            let settled = Commit {
+                outbox_updates: vec![done(&format!("e{i}"))],
+                ..Commit::default()
+            };
+            commit_result(&store, settled).unwrap();
+        }
+    }
+    let runs = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "idem")
+        .count();
+    assert!(runs > 10, "{runs} runs");
+    // Every key is found, whether its segment is closed or open, and neither a key nor an
+    // effect (pending or done) can be stored twice.
+    let answers = key_answers(&store, n);
+    assert!(
+        answers
+            .iter()
+            .enumerate()
+            .all(|(i, a)| *a == (true, Some(i as i64), true)),
+        "{answers:?}"
+    );
+    for i in [0u64, 7, 150, n - 1] {
+        let again = commit_result(
+            &store,
+            Commit {
+                idempotency: vec![key(&format!("k{i}"))],
+                ..Commit::default()
+            },
+        );
+        assert!(matches!(again, Err(Error::Conflict(_))), "k{i}: {again:?}");
+    }
+    let done_twice = commit_result(
+        &store,
+        Commit {
+            outbox_updates: vec![done("e0")],
+            ..Commit::default()
+        },
+    );
+    assert!(
+        matches!(done_twice, Err(Error::Conflict(_))),
+        "{done_twice:?}"
+    );
+    assert_eq!(store.stats().unwrap().outbox, n / 2);
+    // An expired key used again: the old record is removed, the new one is found.
+    let mut renewed = key("k5");
+    renewed.created_at_ms = 10_000;
+    commit_result(
+        &store,
+        Commit {
+            idempotency_expired: vec![("t".into(), "k5".into())],
+            idempotency: vec![renewed],
+            ..Commit::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        store
+            .idempotency("t", "k5")
+            .unwrap()
+            .map(|r| r.created_at_ms),
+        Some(10_000)
+    );
+    // Sweep what was created before 100: k0..k99 go (k5's new record is newer and stays); the
+    // runs of segments holding only swept keys are dropped with their files.
+    let sweep = Commit {
+        idempotency_sweep: Some(marketgov_store::IdempotencySweep {
+            before_ms: 100,
+            keep_max: 1_000,
+            limit: 1_000,
+        }),
+        ..Commit::default()
+    };
+    commit_result(&store, sweep).unwrap();
+    let kept = |store: &LogStore| {
+        store
+            .idempotency_keys(&(String::new(), String::new()), 1_000)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(kept(&store), (n - 100) as usize + 1);
+    assert!(store.idempotency("t", "k99").unwrap().is_none());
+    assert!(store.idempotency("t", "k100").unwrap().is_some());
+    assert!(store.idempotency("t", "k5").unwrap().is_some());
+    let runs_after = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "idem")
+        .count();
+    assert!(runs_after < runs, "{runs_after} runs left of {runs}");
+    let before_reopen = key_answers(&store, n);
+    drop(store);
+    // The reopened store rebuilds its runs from the segments and answers the same.
+    let store = open_small_segments(dir.path());
+    assert_eq!(key_answers(&store, n), before_reopen);
+    assert_eq!(kept(&store), (n - 100) as usize + 1);
+    assert_eq!(store.stats().unwrap().outbox, n / 2);
+}
+
+#[test]
+fn effects_beyond_memory_wait_on_disk_and_each_is_served_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_small = |dir: &Path| {
+        let mut o = options(dir);
+        o.effects_in_memory_max = 4;
+        o.segment_bytes_max = 2 << 10;
+        LogStore::open(o).unwrap()
+    };
+    let n = 40usize;
+    let mut store = open_small(dir.path());
+    for i in 0..n {
+        commit_result(
+            &store,
+            Commit {
+                outbox: vec![effect(&format!("e{i:02}"))],
+                ..Commit::default()
+            },
+        )
+        .unwrap();
+    }
+    assert_eq!(store.stats().unwrap().outbox, n as u64);
+    // A spilled effect (never in memory yet) may be settled directly, and is not served later.
+    commit_result(
+        &store,
+        Commit {
+            outbox_updates: vec![done("e30")],
+            ..Commit::default()
+        },
+    )
+    .unwrap();
+    let mut served = Vec::new();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        assert!(rounds < 100, "the outbox never drained: {served:?}");
+        if rounds == 5 {
+            // Reopening mid-way holds the same effects in memory and on disk.
+            let before = store.ready_outbox(0, 100).unwrap();
+            drop(store);
+            store = open_small(dir.path());
+            assert_eq!(store.ready_outbox(0, 100).unwrap(), before);
+        }
+        let ready = store.ready_outbox(0, 3).unwrap();
+        if ready.is_empty() {
+            break;
+        }
+        let in_memory = store.ready_outbox(0, 100).unwrap().len();
+        assert!(in_memory <= 4, "{in_memory} effects in memory");
+        for row in ready {
+            served.push(row.effect_key.clone());
+            commit_result(
+                &store,
+                Commit {
+                    outbox_updates: vec![done(&row.effect_key)],
+                    ..Commit::default()
+                },
+            )
+            .unwrap();
+        }
+    }
+    let expected: Vec<String> = (0..n)
+        .filter(|i| *i != 30)
+        .map(|i| format!("e{i:02}"))
+        .collect();
+    assert_eq!(served, expected, "each effect once, in the order queued");
+    assert_eq!(store.stats().unwrap().outbox, 0);
+    // Every one of them is still known: none can be queued again.
+    let again = commit_result(
+        &store,
+        Commit {
+            outbox: vec![effect("e07")],
+            ..Commit::default()
+        },
+    );
+    assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
+    drop(store);
+    assert_eq!(open_small(dir.path()).stats().unwrap().outbox, 0);
+}

@@ -180,7 +180,9 @@ mod tests {
         assert!(stages >= 2);
         assert_eq!(keys, n);
         assert!((0..n).all(|i| filter.may_contain(h(i))));
-        let false_positives = (n..n + 100_000).filter(|i| filter.may_contain(h(*i))).count();
+        let false_positives = (n..n + 100_000)
+            .filter(|i| filter.may_contain(h(*i)))
+            .count();
         assert!(false_positives < 5_000, "{false_positives} of 100000");
     }
 

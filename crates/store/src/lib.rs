@@ -13,9 +13,9 @@
 use std::fmt;
 
 pub mod backend;
-pub mod filter;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod filter;
 
 pub use marketgov_audit::{Checkpoint, Entry, Hash};
 
@@ -373,6 +373,12 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Counts.
     fn stats(&self) -> Result<StoreStats, Error>;
+
+    /// Whether the store itself answers lookups of keys and streams it does not hold without
+    /// reading the disk (so a caller needs no filter of its own in front of it).
+    fn absent_keys_are_cheap(&self) -> bool {
+        false
+    }
 }
 
 /// The keyed, versioned tables.

@@ -1,0 +1,430 @@
+//! A key index kept mostly on disk: where the records of a key (an idempotency key, an effect
+//! key) are, for keys far more numerous than memory allows (the SPEC's 1,000,000 customers write
+//! about ten million idempotency keys a day).
+//!
+//! Keys are indexed by a 64-bit hash of the key; several keys may share a hash, so a lookup
+//! answers *candidate* locations and the caller reads each record and compares the key itself.
+//! The hash is SipHash under a random key drawn when the store opens, so nobody can craft keys
+//! that collide (a collision would only cost a read anyway).
+//!
+//! - The keys of the open segment are in memory (`open`).
+//! - When a segment is closed, its keys become a **run**: a file beside the segment
+//!   (`0000000001.idem`, ...) holding the `(hash, location)` pairs sorted by hash, then the
+//!   `(location, created)` pairs in log order (for the idempotency sweep). Memory keeps, per
+//!   run, a Bloom filter (about 10 bits per key) and the first entry and CRC32C of each 4 KiB
+//!   page (12 bytes per 256 keys); a page read from the file is checked against its CRC.
+//! - One [`ScalableBloom`] over every key inserted since the open answers "certainly not" for
+//!   most new keys at one probe, so a new key (the common case) touches no run at all.
+//!
+//! Runs are derived data: this version writes them anew at every open (the open scans every
+//! segment anyway) and never syncs them. The plan to persist them, so that an open need not scan
+//! closed segments, is in docs/store-log.md.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, RandomState};
+use std::io::Write as _;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use marketgov_store::filter::{Bloom, ScalableBloom};
+use marketgov_store::Error;
+
+use crate::index::{Inconsistent, Loc};
+
+/// Entries per page of a run file.
+const PAGE_ENTRIES: usize = 256;
+/// Bytes per entry: two little-endian `u64`s.
+const ENTRY_BYTES: usize = 16;
+/// Memory the table's filter over all keys may use.
+pub const KEY_FILTER_BYTES_MAX: u64 = 32 << 20;
+/// The false-positive rate of each run's own filter.
+const RUN_FALSE_POSITIVES: f64 = 0.01;
+
+/// What memory keeps of one page of a run file.
+#[derive(Debug, Clone, Copy)]
+struct Page {
+    /// The page's first sort key (a hash, or a location).
+    first: u64,
+    crc: u32,
+}
+
+/// The keys of one closed segment, on disk.
+#[derive(Debug)]
+struct Run {
+    segment: u32,
+    path: PathBuf,
+    file: File,
+    count: usize,
+    bloom: Bloom,
+    by_hash: Vec<Page>,
+    by_loc: Vec<Page>,
+}
+
+impl Run {
+    /// Byte offset of the log-order section.
+    fn order_offset(&self) -> u64 {
+        (self.count * ENTRY_BYTES) as u64
+    }
+
+    /// Reads page `p` of the section at `offset`: its pairs.
+    fn page(&self, pages: &[Page], offset: u64, p: usize) -> Result<Vec<(u64, u64)>, Error> {
+        let entries = PAGE_ENTRIES.min(self.count - p * PAGE_ENTRIES);
+        let mut buf = vec![0u8; entries * ENTRY_BYTES];
+        let at = offset + (p * PAGE_ENTRIES * ENTRY_BYTES) as u64;
+        let corrupt = |detail: String| Error::Corrupt {
+            location: format!("{} page {p}", self.path.display()),
+            detail,
+        };
+        self.file
+            .read_exact_at(&mut buf, at)
+            .map_err(|e| corrupt(format!("unreadable: {e}")))?;
+        if pages.get(p).map(|pg| pg.crc) != Some(crc32c::crc32c(&buf)) {
+            return Err(corrupt("the index page does not match its checksum".into()));
+        }
+        Ok(buf
+            .chunks_exact(ENTRY_BYTES)
+            .map(|c| (le(&c[..8]), le(&c[8..])))
+            .collect())
+    }
+
+    /// Locations of entries with `hash`, in log order.
+    fn find(&self, hash: u64, out: &mut Vec<Loc>) -> Result<(), Error> {
+        // Entries equal to `hash` may begin in the last page whose first entry is below it.
+        let start = self
+            .by_hash
+            .partition_point(|p| p.first < hash)
+            .saturating_sub(1);
+        for p in start..self.by_hash.len() {
+            if p > start && self.by_hash[p].first > hash {
+                break;
+            }
+            for (h, loc) in self.page(&self.by_hash, 0, p)? {
+                if h == hash {
+                    out.push(Loc::from_raw(loc));
+                } else if h > hash {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn le(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    u64::from_le_bytes(a)
+}
+
+/// A key index: the open segment's keys in memory, each closed segment's in a run file.
+#[derive(Debug)]
+pub struct KeyTable {
+    dir: PathBuf,
+    /// The run files' extension (`idem`, `effect`).
+    suffix: &'static str,
+    hasher: RandomState,
+    filter: ScalableBloom,
+    /// The segment whose keys are in memory.
+    open_segment: u32,
+    /// The open segment's keys: the first location of each hash ...
+    open: HashMap<u64, Loc>,
+    /// ... and any further location of a hash already in `open` (rare).
+    open_more: Vec<(u64, Loc)>,
+    /// The open segment's keys in log order, with when each was created.
+    open_order: Vec<(Loc, i64)>,
+    /// Closed segments' runs, oldest first.
+    runs: Vec<Run>,
+}
+
+impl KeyTable {
+    /// An empty table whose runs go in `dir` as `<segment>.<suffix>`.
+    pub fn new(dir: &Path, suffix: &'static str) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            suffix,
+            hasher: RandomState::new(),
+            filter: ScalableBloom::new(KEY_FILTER_BYTES_MAX),
+            open_segment: 0,
+            open: HashMap::new(),
+            open_more: Vec::new(),
+            open_order: Vec::new(),
+            runs: Vec::new(),
+        }
+    }
+
+    /// The hash a key is indexed by.
+    pub fn hash(&self, parts: &[&str]) -> u64 {
+        self.hasher.hash_one(parts)
+    }
+
+    /// Indexes the record at `loc` (in the open segment, after every record indexed before).
+    pub fn insert(&mut self, hash: u64, loc: Loc, created_ms: i64) -> Result<(), Inconsistent> {
+        if loc.segment() != self.open_segment
+            || self.open_order.last().is_some_and(|(l, _)| *l >= loc)
+        {
+            return Err(Inconsistent(format!(
+                "a key at segment {} offset {} does not follow the keys indexed before it",
+                loc.segment() + 1,
+                loc.offset()
+            )));
+        }
+        self.filter.insert(hash);
+        match self.open.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => self.open_more.push((hash, loc)),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(loc);
+            }
+        }
+        self.open_order.push((loc, created_ms));
+        Ok(())
+    }
+
+    /// Where records of keys with `hash` may be, newest first. Empty when the filter is sure.
+    pub fn candidates(&self, hash: u64) -> Result<Vec<Loc>, Error> {
+        let mut out = Vec::new();
+        if !self.filter.may_contain(hash) {
+            return Ok(out);
+        }
+        for run in &self.runs {
+            if run.bloom.may_contain(hash) {
+                run.find(hash, &mut out)?;
+            }
+        }
+        if let Some(loc) = self.open.get(&hash) {
+            out.push(*loc);
+        }
+        out.extend(
+            self.open_more
+                .iter()
+                .filter(|(h, _)| *h == hash)
+                .map(|(_, l)| *l),
+        );
+        out.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(out)
+    }
+
+    /// Up to `limit` keys from `from` on, in log order: `(location, created)`.
+    pub fn order_from(&self, from: Loc, limit: usize) -> Result<Vec<(Loc, i64)>, Error> {
+        let mut out = Vec::new();
+        for run in self.runs.iter().filter(|r| r.segment >= from.segment()) {
+            let start = run
+                .by_loc
+                .partition_point(|p| p.first < from.raw())
+                .saturating_sub(1);
+            for p in start..run.by_loc.len() {
+                for (loc, created) in run.page(&run.by_loc, run.order_offset(), p)? {
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                    if loc >= from.raw() {
+                        out.push((Loc::from_raw(loc), created as i64));
+                    }
+                }
+            }
+        }
+        let start = self.open_order.partition_point(|(l, _)| *l < from);
+        out.extend(
+            self.open_order[start..]
+                .iter()
+                .take(limit.saturating_sub(out.len())),
+        );
+        Ok(out)
+    }
+
+    /// The open segment is closed: its keys are written to its run file and leave memory; the
+    /// next segment's keys go to memory.
+    pub fn close_segment(&mut self) -> Result<(), Error> {
+        let segment = self.open_segment;
+        if !self.open_order.is_empty() {
+            let run = self.write_run(segment)?;
+            self.runs.push(run);
+        }
+        self.open = HashMap::new();
+        self.open_more = Vec::new();
+        self.open_order = Vec::new();
+        self.open_segment = segment + 1;
+        Ok(())
+    }
+
+    fn write_run(&self, segment: u32) -> Result<Run, Error> {
+        let mut by_hash: Vec<(u64, u64)> = self
+            .open
+            .iter()
+            .map(|(h, l)| (*h, l.raw()))
+            .chain(self.open_more.iter().map(|(h, l)| (*h, l.raw())))
+            .collect();
+        by_hash.sort_unstable();
+        let by_loc: Vec<(u64, u64)> = self
+            .open_order
+            .iter()
+            .map(|(l, c)| (l.raw(), *c as u64))
+            .collect();
+        let count = by_loc.len();
+        debug_assert_eq!(by_hash.len(), count, "every key is in both sections");
+        let bloom = Bloom::new(count as u64, RUN_FALSE_POSITIVES);
+        for (h, _) in &by_hash {
+            bloom.insert(*h);
+        }
+        let mut buf = Vec::with_capacity(2 * count * ENTRY_BYTES);
+        let section = |pairs: &[(u64, u64)], buf: &mut Vec<u8>| -> Vec<Page> {
+            pairs
+                .chunks(PAGE_ENTRIES)
+                .map(|chunk| {
+                    let start = buf.len();
+                    for (a, b) in chunk {
+                        buf.extend_from_slice(&a.to_le_bytes());
+                        buf.extend_from_slice(&b.to_le_bytes());
+                    }
+                    Page {
+                        first: chunk[0].0,
+                        crc: crc32c::crc32c(&buf[start..]),
+                    }
+                })
+                .collect()
+        };
+        let hash_pages = section(&by_hash, &mut buf);
+        let loc_pages = section(&by_loc, &mut buf);
+        let path = self
+            .dir
+            .join(format!("{:010}.{}", segment + 1, self.suffix));
+        let io = |e: std::io::Error| Error::Storage(format!("{}: {e}", path.display()));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io)?;
+        file.write_all(&buf).map_err(io)?;
+        Ok(Run {
+            segment,
+            path,
+            file,
+            count,
+            bloom,
+            by_hash: hash_pages,
+            by_loc: loc_pages,
+        })
+    }
+
+    /// Forgets the runs of segments before `segment` (every key in them is gone) and removes
+    /// their files.
+    pub fn drop_before(&mut self, segment: u32) {
+        self.runs.retain(|r| {
+            let keep = r.segment >= segment;
+            if !keep {
+                // A file left behind is rewritten at the next open; nothing reads it.
+                let _ = std::fs::remove_file(&r.path);
+            }
+            keep
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Keys spread over three segments, two of them closed into runs.
+    fn table(dir: &Path, per_segment: u64) -> KeyTable {
+        let mut t = KeyTable::new(dir, "test");
+        for segment in 0..3u32 {
+            for i in 0..per_segment {
+                let n = u64::from(segment) * per_segment + i;
+                let h = t.hash(&["t", &format!("k{n}")]);
+                t.insert(h, Loc::new(segment, 100 + i * 10), n as i64)
+                    .unwrap();
+            }
+            if segment < 2 {
+                t.close_segment().unwrap();
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn every_key_is_found_where_it_was_put_in_memory_or_in_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(dir.path(), 1000);
+        assert_eq!(t.runs.len(), 2);
+        for n in 0..3000u64 {
+            let (segment, i) = ((n / 1000) as u32, n % 1000);
+            let found = t.candidates(t.hash(&["t", &format!("k{n}")])).unwrap();
+            assert!(found.contains(&Loc::new(segment, 100 + i * 10)), "k{n}");
+        }
+        let strays = (0..10_000)
+            .filter(|n| {
+                !t.candidates(t.hash(&["t", &format!("new{n}")]))
+                    .unwrap()
+                    .is_empty()
+            })
+            .count();
+        assert!(strays < 500, "{strays} of 10000 new keys had candidates");
+    }
+
+    #[test]
+    fn keys_sharing_a_hash_are_all_candidates_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = KeyTable::new(dir.path(), "test");
+        // 600 entries of one hash span three pages of the run, then two more in memory.
+        for i in 0..600 {
+            t.insert(7, Loc::new(0, i), 0).unwrap();
+        }
+        t.insert(3, Loc::new(0, 600), 0).unwrap();
+        t.close_segment().unwrap();
+        t.insert(7, Loc::new(1, 5), 0).unwrap();
+        t.insert(7, Loc::new(1, 9), 0).unwrap();
+        let found = t.candidates(7).unwrap();
+        assert_eq!(found.len(), 602);
+        assert_eq!(found[0], Loc::new(1, 9));
+        assert_eq!(found[1], Loc::new(1, 5));
+        assert_eq!(found[601], Loc::new(0, 0));
+        assert_eq!(t.candidates(3).unwrap(), vec![Loc::new(0, 600)]);
+    }
+
+    #[test]
+    fn the_log_order_is_read_back_from_any_point_across_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(dir.path(), 700);
+        let all = t.order_from(Loc::new(0, 0), usize::MAX).unwrap();
+        assert_eq!(all.len(), 2100);
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(all.iter().enumerate().all(|(n, (_, c))| *c == n as i64));
+        let from = Loc::new(1, 100 + 300 * 10);
+        let some = t.order_from(from, 500).unwrap();
+        assert_eq!(some.len(), 500);
+        assert_eq!(some[0], (from, 1000));
+        assert_eq!(some[499].1, 1499);
+    }
+
+    #[test]
+    fn a_changed_byte_in_a_run_is_named_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(dir.path(), 1000);
+        let path = dir.path().join("0000000001.test");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[40] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        // Page 0 of segment 1's run holds the smallest hashes; look every key up.
+        let errors = (0..1000u64)
+            .filter(|n| t.candidates(t.hash(&["t", &format!("k{n}")])).is_err())
+            .count();
+        assert!(errors > 0);
+        let e = (0..1000u64)
+            .find_map(|n| t.candidates(t.hash(&["t", &format!("k{n}")])).err())
+            .unwrap();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_key_out_of_log_order_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = KeyTable::new(dir.path(), "test");
+        t.insert(1, Loc::new(0, 50), 0).unwrap();
+        assert!(t.insert(2, Loc::new(0, 40), 0).is_err());
+        assert!(t.insert(2, Loc::new(1, 60), 0).is_err());
+    }
+}
