@@ -24,11 +24,13 @@ pub const BEGIN_FRAME_BYTES: usize = FRAME_HEADER_BYTES + 1 + 8 + 8;
 pub enum Record {
     /// Opens a batch: its number and the bytes after this frame through its `End`.
     Begin { batch: u64, length: u64 },
-    /// A logged event with its audit entry.
+    /// A logged event with its audit entry, and where the stream's previous event is
+    /// (`prev`, see [`StreamPrev`]).
     Event {
         seq: u64,
         stream: String,
         version: u64,
+        prev: u64,
         event_id: String,
         at_ms: i64,
         prev_hash: Hash,
@@ -105,6 +107,46 @@ pub enum Record {
     Checkpoint(Checkpoint),
     /// Closes a batch: the audit head after it.
     End { batch: u64, seq: u64, hash: Hash },
+}
+
+/// Where a stream's previous event is, as an event frame stores it: nowhere (the first event),
+/// at a location, or earlier in the same batch, so many bytes before this frame (a batch's
+/// location is not known while it is built).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamPrev {
+    First,
+    At(u64),
+    InBatch(u64),
+}
+
+impl StreamPrev {
+    /// The flag of [`StreamPrev::InBatch`] (packed locations stay below it: segments number
+    /// fewer than 2^23).
+    const IN_BATCH: u64 = 1 << 63;
+
+    pub fn encode(self) -> u64 {
+        match self {
+            Self::First => 0,
+            Self::At(raw) => raw,
+            Self::InBatch(back) => Self::IN_BATCH | back,
+        }
+    }
+
+    /// The packed location of the previous event (`None`: there is none), for a frame at
+    /// `here`; an error when it would not lie before `here`.
+    pub fn resolve(stored: u64, here: u64) -> Result<Option<u64>, String> {
+        let prev = if stored == 0 {
+            return Ok(None);
+        } else if stored & Self::IN_BATCH != 0 {
+            here.checked_sub(stored & !Self::IN_BATCH)
+        } else {
+            Some(stored)
+        };
+        match prev {
+            Some(p) if p < here => Ok(Some(p)),
+            _ => Err(format!("a stream's previous event is not before {here}")),
+        }
+    }
 }
 
 mod kind {
@@ -191,6 +233,7 @@ pub fn encode(record: &Record, buf: &mut Vec<u8>) -> usize {
             seq,
             stream,
             version,
+            prev,
             event_id,
             at_ms,
             prev_hash,
@@ -201,6 +244,7 @@ pub fn encode(record: &Record, buf: &mut Vec<u8>) -> usize {
             o.u64(*seq);
             o.str(stream);
             o.u64(*version);
+            o.u64(*prev);
             o.str(event_id);
             o.i64(*at_ms);
             o.hash(prev_hash);
@@ -386,6 +430,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Record, usize), Bad> {
             seq: i.u64()?,
             stream: i.str()?,
             version: i.u64()?,
+            prev: i.u64()?,
             event_id: i.str()?,
             at_ms: i.i64()?,
             prev_hash: i.hash()?,
@@ -545,6 +590,7 @@ mod tests {
                 seq: 3,
                 stream: "customer:t/c1".into(),
                 version: 2,
+                prev: StreamPrev::InBatch(40).encode(),
                 event_id: "evt-1".into(),
                 at_ms: -5,
                 prev_hash: [1; 32],

@@ -15,12 +15,13 @@ use std::path::Path;
 
 use marketgov_audit::{Checkpoint, Head};
 
-use crate::frame::{table_code, Record};
+use crate::frame::{table_code, Record, StreamPrev};
 use crate::keys::KeyTable;
+use crate::streams::StreamTable;
 
 /// Where a frame is: its segment and its offset in it, packed (segments are far smaller than
 /// 2^40 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Loc(u64);
 
 impl Loc {
@@ -47,13 +48,6 @@ impl Loc {
     pub fn next(self) -> Self {
         Self(self.0 + 1)
     }
-}
-
-/// A stream: where its events are (version `i + 1` at `events[i]`) and its latest snapshot.
-#[derive(Debug, Default)]
-pub struct StreamIndex {
-    pub events: Vec<Loc>,
-    pub snapshot: Option<(u64, Loc)>,
 }
 
 /// The state of a queued effect.
@@ -83,7 +77,8 @@ pub struct Index {
     pub head: Head,
     /// The location of every 64th audit entry (seq 1, 65, ...), for reads by sequence.
     pub seq_marks: Vec<Loc>,
-    pub streams: BTreeMap<String, StreamIndex>,
+    /// Every stream (by a hash of its name; see streams.rs).
+    pub streams: StreamTable,
     /// Where idempotency records are (by a hash of `(tenant, key)`; see keys.rs).
     pub keys: KeyTable,
     /// Idempotency records stored and not removed.
@@ -132,7 +127,7 @@ impl Index {
         Self {
             head: Head::default(),
             seq_marks: Vec::new(),
-            streams: BTreeMap::new(),
+            streams: StreamTable::new(dir),
             keys: KeyTable::new(dir, "idem"),
             keys_live: 0,
             keys_frontier: Loc::from_raw(0),
@@ -209,25 +204,13 @@ impl Index {
     /// The segment being written is closed: the keys of it leave memory for its runs.
     pub fn close_segment(&mut self) -> Result<(), marketgov_store::Error> {
         self.keys.close_segment()?;
-        self.effects.close_segment()
+        self.effects.close_segment()?;
+        self.streams.close_segment()
     }
 
     /// The stream's last version (0: no events).
     pub fn stream_version(&self, stream: &str) -> u64 {
-        self.streams
-            .get(stream)
-            .map_or(0, |s| s.events.len() as u64)
-    }
-
-    /// The stream's entry, created if new (its name is copied only then: this runs per event).
-    fn stream_mut(&mut self, stream: &str) -> Result<&mut StreamIndex, Inconsistent> {
-        if !self.streams.contains_key(stream) {
-            self.streams
-                .insert(stream.to_owned(), StreamIndex::default());
-        }
-        self.streams
-            .get_mut(stream)
-            .ok_or_else(|| Inconsistent(format!("{stream} vanished from the index")))
+        self.streams.get(stream).map_or(0, |s| s.version)
     }
 
     /// Applies one durable record found at `loc`.
@@ -238,6 +221,7 @@ impl Index {
                 seq,
                 stream,
                 version,
+                prev,
                 prev_hash,
                 hash,
                 ..
@@ -248,14 +232,16 @@ impl Index {
                         self.head.seq
                     )));
                 }
-                let s = self.stream_mut(stream)?;
-                if *version != s.events.len() as u64 + 1 {
+                let prev = StreamPrev::resolve(*prev, loc.raw()).map_err(Inconsistent)?;
+                let s = self.streams.get_or_insert(stream);
+                if *version != s.version + 1 || prev != s.last_event().map(Loc::raw) {
                     return Err(Inconsistent(format!(
-                        "{stream} version {version} follows version {}",
-                        s.events.len()
+                        "{stream} version {version} does not follow version {} where it is",
+                        s.version
                     )));
                 }
-                s.events.push(loc);
+                s.version = *version;
+                s.last = loc;
                 if (seq - 1) % SEQ_MARK_EVERY == 0 {
                     self.seq_marks.push(loc);
                 }
@@ -267,7 +253,14 @@ impl Index {
             Record::Snapshot {
                 stream, version, ..
             } => {
-                self.stream_mut(stream)?.snapshot = Some((*version, loc));
+                let s = self.streams.get_or_insert(stream);
+                if *version > s.version {
+                    return Err(Inconsistent(format!(
+                        "a snapshot of {stream} at version {version}, which is at {}",
+                        s.version
+                    )));
+                }
+                s.snapshot = loc;
             }
             Record::IdempotencyPut {
                 tenant,

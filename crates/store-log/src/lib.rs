@@ -23,6 +23,7 @@ mod frame;
 mod index;
 mod keys;
 mod segments;
+mod streams;
 mod writer;
 
 use std::fs::File;
@@ -39,9 +40,10 @@ use marketgov_store::{
     StreamLoad, TimerRow, VersionedTable,
 };
 
-use crate::frame::{table_code, Record};
+use crate::frame::{table_code, Record, StreamPrev};
 use crate::index::{Index, Loc};
 pub use crate::segments::SEGMENT_BYTES_MAX;
+use crate::streams::StreamSlot;
 
 /// Options of the log-structured store.
 #[derive(Debug)]
@@ -241,26 +243,67 @@ impl LogStore {
         self.shared.segments.read(loc)
     }
 
-    fn entry_at(&self, loc: Loc) -> Result<(u64, Entry), Error> {
-        match self.read(loc)? {
-            Record::Event {
-                seq,
-                version,
-                prev_hash,
-                hash,
-                body,
-                ..
-            } => Ok((
-                version,
-                Entry {
+    /// The stream's events after `after_version`, in version order, found by walking back
+    /// from its last event (`slot`) along each event's pointer to the one before.
+    fn walk_back(
+        &self,
+        stream: &str,
+        slot: &StreamSlot,
+        after_version: u64,
+    ) -> Result<Vec<(u64, Entry)>, Error> {
+        let mut out: Vec<(u64, Entry)> = Vec::new();
+        let mut at = slot.last_event();
+        let mut expected = slot.version;
+        while let Some(loc) = at {
+            if expected <= after_version {
+                break;
+            }
+            let corrupt = |detail: String| Error::Corrupt {
+                location: format!("segment {} offset {}", loc.segment() + 1, loc.offset()),
+                detail,
+            };
+            match self.read(loc)? {
+                Record::Event {
                     seq,
+                    stream: s,
+                    version,
+                    prev,
                     prev_hash,
                     hash,
-                    bytes: body,
-                },
-            )),
-            other => Err(wrong_record(loc, "an event", &other)),
+                    body,
+                    ..
+                } => {
+                    if s != stream || version != expected {
+                        return Err(corrupt(format!(
+                            "{s} version {version} found where {stream} version {expected} \
+                             belongs"
+                        )));
+                    }
+                    out.push((
+                        version,
+                        Entry {
+                            seq,
+                            prev_hash,
+                            hash,
+                            bytes: body,
+                        },
+                    ));
+                    expected -= 1;
+                    at = StreamPrev::resolve(prev, loc.raw())
+                        .map_err(corrupt)?
+                        .map(Loc::from_raw);
+                }
+                other => return Err(wrong_record(loc, "an event", &other)),
+            }
         }
+        if expected > after_version {
+            return Err(Error::Corrupt {
+                location: format!("stream {stream}"),
+                detail: format!("the chain of events ends before version {expected}"),
+            });
+        }
+        out.reverse();
+        Ok(out)
     }
 }
 
@@ -400,54 +443,31 @@ impl Store for LogStore {
     }
 
     fn load_stream(&self, stream: &str) -> Result<StreamLoad, Error> {
-        let (snapshot, events) = {
-            let index = self.index()?;
-            let Some(s) = index.streams.get(stream) else {
-                return Ok(StreamLoad::default());
-            };
-            let after = s.snapshot.map_or(0, |(v, _)| v);
-            let events: Vec<Loc> = s
-                .events
-                .get(usize::try_from(after).unwrap_or(usize::MAX)..)
-                .unwrap_or(&[])
-                .to_vec();
-            (s.snapshot, (after, events))
+        let Some(slot) = self.index()?.streams.get(stream).copied() else {
+            return Ok(StreamLoad::default());
         };
-        let snapshot = match snapshot {
+        let snapshot = match slot.latest_snapshot() {
             None => None,
-            Some((version, loc)) => match self.read(loc)? {
+            Some(loc) => match self.read(loc)? {
                 Record::Snapshot {
                     stream: s,
-                    version: v,
+                    version,
                     body,
-                } if s == stream && v == version => Some(Snapshot {
+                } if s == stream => Some(Snapshot {
                     stream: s,
-                    version: v,
+                    version,
                     body,
                 }),
                 other => return Err(wrong_record(loc, "the stream's snapshot", &other)),
             },
         };
-        let (after, locs) = events;
-        let mut out = Vec::with_capacity(locs.len());
-        for (i, loc) in locs.into_iter().enumerate() {
-            let (version, entry) = self.entry_at(loc)?;
+        let after = snapshot.as_ref().map_or(0, |s| s.version);
+        let mut events = Vec::new();
+        for (version, entry) in self.walk_back(stream, &slot, after)? {
             check_entry(&entry)?;
-            if version != after + i as u64 + 1 {
-                return Err(Error::Corrupt {
-                    location: format!("segment {} offset {}", loc.segment() + 1, loc.offset()),
-                    detail: format!(
-                        "{stream} version {version} indexed as {}",
-                        after + i as u64 + 1
-                    ),
-                });
-            }
-            out.push((version, entry.bytes));
+            events.push((version, entry.bytes));
         }
-        Ok(StreamLoad {
-            snapshot,
-            events: out,
-        })
+        Ok(StreamLoad { snapshot, events })
     }
 
     fn idempotency(&self, tenant: &str, key: &str) -> Result<Option<IdempotencyRecord>, Error> {
@@ -621,46 +641,23 @@ impl Store for LogStore {
     }
 
     fn streams(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<String>, Error> {
-        use std::ops::Bound;
-        let lower = if after >= prefix {
-            Bound::Excluded(after)
-        } else {
-            Bound::Included(prefix)
-        };
-        let index = self.index()?;
-        Ok(index
-            .streams
-            .range::<str, _>((lower, Bound::Unbounded))
-            .map(|(name, _)| name)
-            .take_while(|name| name.starts_with(prefix))
-            .take(limit)
-            .cloned()
-            .collect())
+        self.index()?.streams.list(prefix, after, limit)
     }
 
+    /// Walks the stream back from its last event to `after_version`: O(events after it).
     fn stream_history(
         &self,
         stream: &str,
         after_version: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Entry)>, Error> {
-        let locs: Vec<Loc> = {
-            let index = self.index()?;
-            let Some(s) = index.streams.get(stream) else {
-                return Ok(Vec::new());
-            };
-            s.events
-                .iter()
-                .skip(usize::try_from(after_version).unwrap_or(usize::MAX))
-                .take(limit)
-                .copied()
-                .collect()
+        let Some(slot) = self.index()?.streams.get(stream).copied() else {
+            return Ok(Vec::new());
         };
-        let mut out = Vec::with_capacity(locs.len());
-        for loc in locs {
-            let (version, entry) = self.entry_at(loc)?;
-            check_entry(&entry)?;
-            out.push((version, entry));
+        let mut out = self.walk_back(stream, &slot, after_version)?;
+        out.truncate(limit);
+        for (_, entry) in &out {
+            check_entry(entry)?;
         }
         Ok(out)
     }

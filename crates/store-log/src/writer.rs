@@ -20,7 +20,7 @@ use marketgov_audit::{entry_hash, CheckpointSigner, Head};
 use marketgov_store::{Commit, Error, OutboxUpdate, Receipt, TimerWrite};
 use tokio::sync::oneshot;
 
-use crate::frame::{self, table_code, Record};
+use crate::frame::{self, table_code, Record, StreamPrev};
 use crate::index::{EffectState, Index, Key, Loc};
 use crate::segments::{self, Segments, BATCH_BYTES_MAX};
 use crate::{FaultMode, Shared};
@@ -203,6 +203,8 @@ struct Batch {
     /// Each caller and its answer (an `Err` for a commit that failed alone).
     answers: Vec<(AckSender, Result<Receipt, Error>)>,
     overlay: Overlay,
+    /// Where in `buf` each stream's last event of this batch is.
+    last_event_at: HashMap<String, usize>,
     head: Head,
     effect_id: i64,
 }
@@ -317,6 +319,7 @@ impl Writer {
             records: std::mem::take(&mut self.spare.1),
             answers: Vec::with_capacity(requests.len()),
             overlay: Overlay::default(),
+            last_event_at: HashMap::new(),
             head: index.head,
             effect_id: self.effect_id,
         };
@@ -629,10 +632,20 @@ fn add_commit(
         let hash = entry_hash(&prev_hash, seq, &e.body);
         batch.head = Head { seq, hash };
         receipt.entries.push((seq, prev_hash, hash));
+        let here = batch.buf.len();
+        let prev = match batch.last_event_at.insert(e.stream.clone(), here) {
+            Some(at) => StreamPrev::InBatch((here - at) as u64),
+            None => index
+                .streams
+                .get(&e.stream)
+                .and_then(|s| s.last_event())
+                .map_or(StreamPrev::First, |l| StreamPrev::At(l.raw())),
+        };
         batch.push(Record::Event {
             seq,
             stream: e.stream,
             version: e.stream_version,
+            prev: prev.encode(),
             event_id: e.event_id,
             at_ms: e.at_ms,
             prev_hash,

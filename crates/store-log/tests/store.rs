@@ -664,3 +664,90 @@ fn effects_beyond_memory_wait_on_disk_and_each_is_served_once_in_order() {
     drop(store);
     assert_eq!(open_small(dir.path()).stats().unwrap().outbox, 0);
 }
+
+#[test]
+fn streams_are_walked_back_across_segments_and_batches_and_listed_by_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |store: &LogStore| {
+        // 150 events of `long`, two per commit; its snapshot at version 100.
+        let load = store.load_stream("customer:t/long").unwrap();
+        assert_eq!(load.snapshot.as_ref().map(|s| s.version), Some(100));
+        let versions: Vec<u64> = load.events.iter().map(|(v, _)| *v).collect();
+        assert_eq!(versions, (101..=150).collect::<Vec<_>>());
+        assert_eq!(load.events[0].1, b"{\"v\":101}".to_vec());
+        let history = store.stream_history("customer:t/long", 10, 5).unwrap();
+        let versions: Vec<u64> = history.iter().map(|(v, _)| *v).collect();
+        assert_eq!(versions, vec![11, 12, 13, 14, 15]);
+        assert_eq!(history[0].1.bytes, b"{\"v\":11}".to_vec());
+        assert_eq!(
+            store
+                .stream_history("customer:t/long", 0, 1000)
+                .unwrap()
+                .len(),
+            150
+        );
+        for i in 0..60 {
+            let load = store.load_stream(&format!("customer:t/c{i:02}")).unwrap();
+            assert_eq!(load.events.len(), 1, "c{i:02}");
+        }
+        assert!(store
+            .load_stream("customer:t/none")
+            .unwrap()
+            .events
+            .is_empty());
+        let customers = store.streams("customer:t/", "", 1000).unwrap();
+        assert_eq!(customers.len(), 61);
+        assert_eq!(customers[0], "customer:t/c00");
+        assert_eq!(customers[60], "customer:t/long");
+        assert_eq!(
+            store.streams("customer:t/", "customer:t/c57", 2).unwrap(),
+            vec!["customer:t/c58", "customer:t/c59"]
+        );
+        assert_eq!(
+            store.streams("product:", "", 10).unwrap(),
+            vec!["product:t/a", "product:t/b"]
+        );
+    };
+    {
+        let store = open_small_segments(dir.path());
+        for i in 0..75u64 {
+            let (a, b) = (2 * i + 1, 2 * i + 2);
+            let mut c = Commit {
+                events: vec![
+                    event("customer:t/long", a, &format!("{{\"v\":{a}}}")),
+                    event("customer:t/long", b, &format!("{{\"v\":{b}}}")),
+                ],
+                ..Commit::default()
+            };
+            if b == 100 {
+                c.snapshots.push(marketgov_store::Snapshot {
+                    stream: "customer:t/long".into(),
+                    version: 100,
+                    body: b"{\"at\":100}".to_vec(),
+                });
+            }
+            commit_result(&store, c).unwrap();
+            if i < 60 {
+                let other = event(&format!("customer:t/c{i:02}"), 1, "{}");
+                commit_result(&store, commit_events(vec![other])).unwrap();
+            }
+            if i == 3 || i == 70 {
+                let name = if i == 3 { "product:t/a" } else { "product:t/b" };
+                commit_result(&store, commit_events(vec![event(name, 1, "{}")])).unwrap();
+            }
+        }
+        // A version out of turn is refused, across segments too.
+        let late = commit_result(
+            &store,
+            commit_events(vec![event("customer:t/long", 150, "{}")]),
+        );
+        assert!(matches!(late, Err(Error::Conflict(_))), "{late:?}");
+        let names = std::fs::read_dir(dir.path().join("log"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "names")
+            .count();
+        assert!(names > 5, "{names} name runs");
+        check(&store);
+    }
+    check(&open_small_segments(dir.path()));
+}
