@@ -17,7 +17,7 @@ use marketgov_audit::{Checkpoint, Head};
 
 use crate::frame::{table_code, Record, StreamPrev};
 use crate::keys::KeyTable;
-use crate::streams::StreamTable;
+use crate::streams::{NameHash, StreamTable};
 
 /// Where a frame is: its segment and its offset in it, packed (segments are far smaller than
 /// 2^40 bytes).
@@ -87,8 +87,11 @@ pub struct Index {
     pub keys_frontier: Loc,
     /// Records removed one by one (an expired key used again) that the sweep has not passed.
     pub keys_removed: BTreeSet<Loc>,
-    pub timers: HashMap<(String, String), i64>,
-    pub timers_due: BTreeSet<(i64, String, String)>,
+    /// Pending timers by a 128-bit hash of `(stream, kind)` (as streams.rs explains): when
+    /// each is due and where its `TimerSet` record is (which names it).
+    pub timers: HashMap<u128, (i64, Loc)>,
+    pub timers_due: BTreeSet<(i64, Loc)>,
+    pub timer_hash: NameHash,
     /// Where every effect ever queued is (by a hash of its key).
     pub effects: KeyTable,
     /// Pending effects (neither done nor dead) held in memory, by where each was queued: at
@@ -134,6 +137,7 @@ impl Index {
             keys_removed: BTreeSet::new(),
             timers: HashMap::new(),
             timers_due: BTreeSet::new(),
+            timer_hash: NameHash::new(),
             effects: KeyTable::new(dir, "effect"),
             pending: HashMap::new(),
             effects_ready: BTreeSet::new(),
@@ -308,16 +312,15 @@ impl Index {
                 kind,
                 due_at_ms,
             } => {
-                let k = (stream.clone(), kind.clone());
-                if let Some(old) = self.timers.insert(k, *due_at_ms) {
-                    self.timers_due.remove(&(old, stream.clone(), kind.clone()));
+                let k = self.timer_hash.of(&(stream, kind));
+                if let Some(old) = self.timers.insert(k, (*due_at_ms, loc)) {
+                    self.timers_due.remove(&old);
                 }
-                self.timers_due
-                    .insert((*due_at_ms, stream.clone(), kind.clone()));
+                self.timers_due.insert((*due_at_ms, loc));
             }
             Record::TimerCancel { stream, kind } => {
-                if let Some(old) = self.timers.remove(&(stream.clone(), kind.clone())) {
-                    self.timers_due.remove(&(old, stream.clone(), kind.clone()));
+                if let Some(old) = self.timers.remove(&self.timer_hash.of(&(stream, kind))) {
+                    self.timers_due.remove(&old);
                 }
             }
             Record::OutboxPut {

@@ -531,18 +531,32 @@ impl Store for LogStore {
     }
 
     fn due_timers(&self, until_ms: i64, limit: usize) -> Result<Vec<TimerRow>, Error> {
-        let index = self.index()?;
-        Ok(index
-            .timers_due
-            .iter()
-            .take_while(|(due, _, _)| *due <= until_ms)
-            .take(limit)
-            .map(|(due, stream, kind)| TimerRow {
-                stream: stream.clone(),
-                kind: kind.clone(),
-                due_at_ms: *due,
-            })
-            .collect())
+        let due: Vec<(i64, Loc)> = {
+            let index = self.index()?;
+            index
+                .timers_due
+                .iter()
+                .take_while(|(due, _)| *due <= until_ms)
+                .take(limit)
+                .copied()
+                .collect()
+        };
+        let mut out = Vec::with_capacity(due.len());
+        for (due_at_ms, loc) in due {
+            match self.read(loc)? {
+                Record::TimerSet {
+                    stream,
+                    kind,
+                    due_at_ms: d,
+                } if d == due_at_ms => out.push(TimerRow {
+                    stream,
+                    kind,
+                    due_at_ms,
+                }),
+                other => return Err(wrong_record(loc, "the timer", &other)),
+            }
+        }
+        Ok(out)
     }
 
     fn ready_outbox(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, Error> {

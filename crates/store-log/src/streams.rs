@@ -125,11 +125,26 @@ impl NameRun {
     }
 }
 
+/// A 128-bit SipHash of names under two keys drawn when the store opens (see the module doc
+/// for why that stands in for the name).
+#[derive(Debug)]
+pub struct NameHash(RandomState, RandomState);
+
+impl NameHash {
+    pub fn new() -> Self {
+        Self(RandomState::new(), RandomState::new())
+    }
+
+    pub fn of<T: std::hash::Hash + ?Sized>(&self, name: &T) -> u128 {
+        (u128::from(self.0.hash_one(name)) << 64) | u128::from(self.1.hash_one(name))
+    }
+}
+
 /// Every stream of the log.
 #[derive(Debug)]
 pub struct StreamTable {
     dir: PathBuf,
-    hashers: (RandomState, RandomState),
+    hash: NameHash,
     slots: HashMap<u128, StreamSlot>,
     /// The open segment's new streams.
     open_names: BTreeSet<String>,
@@ -141,7 +156,7 @@ impl StreamTable {
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
-            hashers: (RandomState::new(), RandomState::new()),
+            hash: NameHash::new(),
             slots: HashMap::new(),
             open_names: BTreeSet::new(),
             open_segment: 0,
@@ -150,8 +165,7 @@ impl StreamTable {
     }
 
     fn key(&self, name: &str) -> u128 {
-        (u128::from(self.hashers.0.hash_one(name)) << 64)
-            | u128::from(self.hashers.1.hash_one(name))
+        self.hash.of(name)
     }
 
     pub fn get(&self, name: &str) -> Option<&StreamSlot> {
