@@ -214,7 +214,7 @@ impl Index {
 
     /// The stream's last version (0: no events).
     pub fn stream_version(&self, stream: &str) -> u64 {
-        self.streams.get(stream).map_or(0, |s| s.version)
+        self.streams.get(stream).map_or(0, |s| u64::from(s.version))
     }
 
     /// Applies one durable record found at `loc`.
@@ -238,13 +238,14 @@ impl Index {
                 }
                 let prev = StreamPrev::resolve(*prev, loc.raw()).map_err(Inconsistent)?;
                 let s = self.streams.get_or_insert(stream);
-                if *version != s.version + 1 || prev != s.last_event().map(Loc::raw) {
+                if *version != u64::from(s.version) + 1 || prev != s.last_event().map(Loc::raw) {
                     return Err(Inconsistent(format!(
                         "{stream} version {version} does not follow version {} where it is",
                         s.version
                     )));
                 }
-                s.version = *version;
+                s.version = u32::try_from(*version)
+                    .map_err(|_| Inconsistent(format!("{stream} has more than 2^32 events")))?;
                 s.last = loc;
                 if (seq - 1) % SEQ_MARK_EVERY == 0 {
                     self.seq_marks.push(loc);
@@ -258,7 +259,7 @@ impl Index {
                 stream, version, ..
             } => {
                 let s = self.streams.get_or_insert(stream);
-                if *version > s.version {
+                if *version > u64::from(s.version) {
                     return Err(Inconsistent(format!(
                         "a snapshot of {stream} at version {version}, which is at {}",
                         s.version

@@ -36,10 +36,12 @@ use crate::index::{Inconsistent, Loc};
 const PAGE_ENTRIES: usize = 256;
 /// Bytes per entry: two little-endian `u64`s.
 const ENTRY_BYTES: usize = 16;
-/// Memory the table's filter over all keys may use.
-pub const KEY_FILTER_BYTES_MAX: u64 = 32 << 20;
-/// The false-positive rate of each run's own filter.
-const RUN_FALSE_POSITIVES: f64 = 0.01;
+/// Memory the table's filter over all keys may use (about 10 bits per key for ten million keys;
+/// past it the filter fills up and answers "maybe" more often, which costs run probes, not
+/// correctness).
+pub const KEY_FILTER_BYTES_MAX: u64 = 12 << 20;
+/// The false-positive rate of each run's own filter (about 8 bits per key).
+const RUN_FALSE_POSITIVES: f64 = 0.02;
 
 /// What memory keeps of one page of a run file.
 #[derive(Debug, Clone, Copy)]

@@ -253,7 +253,7 @@ impl LogStore {
     ) -> Result<Vec<(u64, Entry)>, Error> {
         let mut out: Vec<(u64, Entry)> = Vec::new();
         let mut at = slot.last_event();
-        let mut expected = slot.version;
+        let mut expected = u64::from(slot.version);
         while let Some(loc) = at {
             if expected <= after_version {
                 break;

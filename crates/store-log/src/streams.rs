@@ -1,11 +1,14 @@
 //! The streams: per stream, only its last version, where its last event is and where its latest
-//! snapshot is (24 bytes), under a 128-bit keyed hash of its name. Each event frame points back
+//! snapshot is (24 bytes), under a keyed hash of its name (102 of its 128 bits are used: 6
+//! choose one of 64 maps, 64 are the key, 32 are checked). Each event frame points back
 //! at the stream's previous one, so a stream's events are found by walking back from the last
 //! (a load walks back to its snapshot; a snapshot is written every few dozen events).
 //!
 //! Why a hash and not the name: 1,000,000 customers' names would take more memory than the
-//! SPEC's whole budget. Two different names with the same 128-bit SipHash under a key drawn at
-//! open are not expected in the life of any store (about 10^-25 for ten million streams), and
+//! SPEC's whole budget. Two different names with the same 102 bits of SipHash under keys drawn
+//! at open are not expected in the life of any store (about 10^-17 for ten million streams); two
+//! that share the 70 bits that place a slot but not the 32 checked (about 10^-7) are told apart,
+//! the second kept by its whole name in a small map of its own; and
 //! a read never trusts the index alone: every frame read names its stream, and a frame of
 //! another stream is answered as corruption, not served.
 //!
@@ -24,14 +27,18 @@ use marketgov_store::Error;
 
 use crate::index::Loc;
 
+/// Maps the slots are spread over.
+const SLOT_MAPS: usize = 64;
 /// Bytes per page of a name run (a page holds whole names).
 const NAME_PAGE_BYTES: usize = 4096;
 
-/// What the index keeps of a stream.
+/// What the index keeps of a stream (24 bytes).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StreamSlot {
-    /// Its last version (0: no events yet).
-    pub version: u64,
+    /// 32 more bits of the name's hash, beyond the 70 that place the slot.
+    check: u32,
+    /// Its last version (0: no events yet). A stream holds at most `u32::MAX` events.
+    pub version: u32,
     /// Where its last event is (`raw() == 0`: none; no event is at the log's first byte).
     pub last: Loc,
     /// Where its latest snapshot is (`raw() == 0`: none).
@@ -145,7 +152,11 @@ impl NameHash {
 pub struct StreamTable {
     dir: PathBuf,
     hash: NameHash,
-    slots: HashMap<u128, StreamSlot>,
+    /// The slots, in [`SLOT_MAPS`] maps by 6 bits of the hash (so that no map's growth ever
+    /// doubles the memory of all of them at once), keyed by 64 more.
+    slots: Vec<HashMap<u64, StreamSlot>>,
+    /// Streams whose slot's place was taken by another name, by name.
+    overflow: HashMap<String, StreamSlot>,
     /// The open segment's new streams.
     open_names: BTreeSet<String>,
     open_segment: u32,
@@ -157,29 +168,54 @@ impl StreamTable {
         Self {
             dir: dir.to_owned(),
             hash: NameHash::new(),
-            slots: HashMap::new(),
+            slots: (0..SLOT_MAPS).map(|_| HashMap::new()).collect(),
+            overflow: HashMap::new(),
             open_names: BTreeSet::new(),
             open_segment: 0,
             runs: Vec::new(),
         }
     }
 
-    fn key(&self, name: &str) -> u128 {
-        self.hash.of(name)
+    /// Which map, the key in it, and the check bits.
+    fn place(&self, name: &str) -> (usize, u64, u32) {
+        let h = self.hash.of(name);
+        (
+            (h as usize) % SLOT_MAPS,
+            (h >> 64) as u64,
+            ((h >> 32) & 0xffff_ffff) as u32,
+        )
     }
 
     pub fn get(&self, name: &str) -> Option<&StreamSlot> {
-        self.slots.get(&self.key(name))
+        let (map, key, check) = self.place(name);
+        match self.slots[map].get(&key) {
+            Some(slot) if slot.check == check => Some(slot),
+            Some(_) => self.overflow.get(name),
+            None => None,
+        }
     }
 
     /// The stream's slot, created (and its name recorded for listing) if new.
     pub fn get_or_insert(&mut self, name: &str) -> &mut StreamSlot {
-        let key = self.key(name);
-        let open_names = &mut self.open_names;
-        self.slots.entry(key).or_insert_with(|| {
-            open_names.insert(name.to_owned());
-            StreamSlot::default()
-        })
+        let (map, key, check) = self.place(name);
+        let taken = self.slots[map].get(&key).is_some_and(|s| s.check != check);
+        let new = if taken {
+            !self.overflow.contains_key(name)
+        } else {
+            !self.slots[map].contains_key(&key)
+        };
+        if new {
+            self.open_names.insert(name.to_owned());
+        }
+        let slot = StreamSlot {
+            check,
+            ..StreamSlot::default()
+        };
+        if taken {
+            self.overflow.entry(name.to_owned()).or_insert(slot)
+        } else {
+            self.slots[map].entry(key).or_insert(slot)
+        }
     }
 
     /// Names after `after` that start with `prefix`, in order, at most `limit`.
@@ -289,7 +325,7 @@ mod tests {
             }
         }
         all.sort();
-        assert_eq!(t.slots.len(), 2804);
+        assert_eq!(t.slots.iter().map(HashMap::len).sum::<usize>(), 2804);
         assert_eq!(t.list("customer:", "", 10_000).unwrap(), all);
         assert_eq!(
             t.list("product:t/", "", 10).unwrap(),
@@ -315,5 +351,22 @@ mod tests {
         assert!(t.list("nothing:", "", 10).unwrap().is_empty());
         assert_eq!(t.get("customer:t/c00007").map(|s| s.version), Some(1));
         assert!(t.get("customer:t/c99999").is_none());
+    }
+
+    #[test]
+    fn a_name_whose_place_is_taken_by_another_is_kept_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = StreamTable::new(dir.path());
+        t.get_or_insert("a").version = 1;
+        // Forge the collision: give "a"'s slot the place of "b", with "a"'s check bits.
+        let (map_a, key_a, _) = t.place("a");
+        let (map_b, key_b, _) = t.place("b");
+        let slot = t.slots[map_a].remove(&key_a).unwrap();
+        t.slots[map_b].insert(key_b, slot);
+        assert!(t.get("b").is_none());
+        t.get_or_insert("b").version = 7;
+        assert_eq!(t.get("b").map(|s| s.version), Some(7));
+        assert_eq!(t.overflow.len(), 1);
+        assert_eq!(t.list("", "", 10).unwrap(), vec!["a", "b"]);
     }
 }

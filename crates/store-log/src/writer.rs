@@ -508,6 +508,14 @@ fn add_commit(
         )));
     }
     for e in &commit.events {
+        if e.stream_version > u64::from(u32::MAX) {
+            return Err(Error::Storage(format!(
+                "stream {} version {}: a stream holds at most {} events here",
+                e.stream,
+                e.stream_version,
+                u32::MAX
+            )));
+        }
         let at = view.stream_version(&e.stream);
         if e.stream_version != at + 1 {
             return Err(Error::Conflict(format!(
