@@ -66,6 +66,15 @@ impl EmbeddedStore {
     pub fn stopped(&self) -> Option<String> {
         both!(self, s => s.stopped())
     }
+
+    /// What the log-structured store's index holds in memory, by part (`None` for SQLite, whose
+    /// indexes are on disk and whose page cache is bounded by its own setting).
+    pub fn index_memory(&self) -> Option<marketgov_store_log::IndexMemory> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Log(s) => Some(s.index_memory()),
+        }
+    }
 }
 
 impl Store for EmbeddedStore {

@@ -287,6 +287,16 @@ impl App {
                 "meaning": "answers of the newest keyed requests kept in memory: a prompt retry is answered without a store read",
             },
             "memory": process_memory(),
+            "store_index_memory": self.store().index_memory().map(|m| json!({
+                "total_bytes": m.total(),
+                "streams": m.streams,
+                "key_filters": m.key_filters,
+                "key_runs": m.key_runs,
+                "pending_effects": m.pending_effects,
+                "timers": m.timers,
+                "other": m.other,
+                "meaning": "the log-structured store's index in memory, by part, estimated from its structures' sizes",
+            })),
             "known_keys": known_json(&keys, "in-memory filter of stored idempotency keys: a new key needs no read once loaded"),
             "known_streams": known_json(&streams, "in-memory filter of stored customer streams: a new customer needs no read once loaded"),
         }))

@@ -310,6 +310,20 @@ impl KeyTable {
         })
     }
 
+    /// Bytes of memory this table holds, estimated from its structures' capacities: the
+    /// filters and pages of its runs, and the open segment's keys.
+    pub fn memory_bytes(&self) -> (u64, u64) {
+        let runs: u64 = self
+            .runs
+            .iter()
+            .map(|r| r.bloom.bytes() + ((r.by_hash.capacity() + r.by_loc.capacity()) * 16) as u64)
+            .sum();
+        let open = self.open.capacity() * (8 + 8 + 1)
+            + self.open_more.capacity() * 16
+            + self.open_order.capacity() * 16;
+        (self.filter.usage().1, runs + open as u64)
+    }
+
     /// Forgets the runs of segments before `segment` (every key in them is gone) and removes
     /// their files.
     pub fn drop_before(&mut self, segment: u32) {

@@ -4,8 +4,13 @@
 //! (`log/*.seg` in the data directory) holding checksummed records in batches. One writer thread
 //! group-commits: every commit queued while the last batch was written shares the next batch,
 //! written with one `pwrite` and synced with one `fdatasync` before anything of it is applied to
-//! the in-memory index or acknowledged. Readers look records up in the index and read them from
-//! the segments by location.
+//! the index or acknowledged. Readers look records up in the index and read them from the
+//! segments by location.
+//!
+//! The index is small per thing stored: streams by a hash of their name, each event pointing
+//! back at its stream's previous one on disk (streams.rs); idempotency and effect keys in run
+//! files beside each closed segment, behind filters (keys.rs); pending effects in memory up to a
+//! bound, the rest waiting on disk (index.rs). It is rebuilt by a scan of every segment at open.
 //!
 //! Built because the SQLite store's writer is the largest single cost per event in the
 //! benchmarks (docs/PERFORMANCE.md): every commit there dirties B-tree pages of random-key
@@ -13,7 +18,7 @@
 //! own bytes once. Design, limits and what is not built yet: docs/store-log.md.
 //!
 //! **What it owns:** the record format, the segments, the writer, recovery (a torn final batch is
-//! cut off; any other damage is named), the in-memory index, checksums of every record and the
+//! cut off; any other damage is named), the index and its run files, checksums of every record and the
 //! audit chain's hashes. **What it must not know:** what events mean (bytes in, bytes out).
 //!
 //! Reads answer the durable state only: the index changes after the sync, so nothing not yet
@@ -41,6 +46,7 @@ use marketgov_store::{
 };
 
 use crate::frame::{table_code, Record, StreamPrev};
+pub use crate::index::IndexMemory;
 use crate::index::{Index, Loc};
 pub use crate::segments::SEGMENT_BYTES_MAX;
 use crate::streams::StreamSlot;
@@ -225,6 +231,11 @@ impl LogStore {
     /// Why the writer stopped, if it did.
     pub fn stopped(&self) -> Option<String> {
         self.shared.stopped_reason()
+    }
+
+    /// What the index holds in memory, by part (estimated from its structures' sizes).
+    pub fn index_memory(&self) -> IndexMemory {
+        self.index().map(|i| i.memory()).unwrap_or_default()
     }
 
     /// Bytes of a torn final batch cut off when this store was opened (0: none).

@@ -218,6 +218,21 @@ impl StreamTable {
         }
     }
 
+    /// Bytes of memory held, estimated from capacities: the slots, and the names of the open
+    /// segment's new streams and the first name of each page of the runs.
+    pub fn memory_bytes(&self) -> u64 {
+        let slots: usize = self.slots.iter().map(|m| m.capacity() * (8 + 24 + 1)).sum();
+        let overflow: usize = self.overflow.keys().map(|k| k.len() + 24 + 24 + 1).sum();
+        let open: usize = self.open_names.iter().map(|n| n.len() + 24 + 16).sum();
+        let pages: usize = self
+            .runs
+            .iter()
+            .flat_map(|r| r.pages.iter())
+            .map(|p| p.first.len() + 24 + 16)
+            .sum();
+        (slots + overflow + open + pages) as u64
+    }
+
     /// Names after `after` that start with `prefix`, in order, at most `limit`.
     pub fn list(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<String>, Error> {
         let mut out = Vec::new();
