@@ -11,7 +11,7 @@
 //! - When a segment is closed, its keys become a **run**: a file beside the segment
 //!   (`0000000001.idem`, ...) holding the `(hash, location)` pairs sorted by hash, then the
 //!   `(location, created)` pairs in log order (for the idempotency sweep). Memory keeps, per
-//!   run, a Bloom filter (about 10 bits per key) and the first entry and CRC32C of each 4 KiB
+//!   run, a Bloom filter (about 8 bits per key) and the first entry and CRC32C of each 4 KiB
 //!   page (12 bytes per 256 keys); a page read from the file is checked against its CRC.
 //! - One [`ScalableBloom`] over every key inserted since the open answers "certainly not" for
 //!   most new keys at one probe, so a new key (the common case) touches no run at all.
@@ -26,6 +26,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use marketgov_store::filter::{Bloom, ScalableBloom};
 use marketgov_store::Error;
@@ -119,14 +120,34 @@ fn le(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// The hash and the filter over every key of a table. The filter is shared: a key is inserted
+/// when its record is applied, under the index's write lock and before its commit is
+/// acknowledged, so whoever learned of the commit (through its acknowledgement or anything
+/// after it) finds the key's bits set without taking the lock.
+#[derive(Debug, Clone)]
+pub struct KeyGate {
+    hasher: RandomState,
+    filter: Arc<ScalableBloom>,
+}
+
+impl KeyGate {
+    pub fn hash(&self, parts: &[&str]) -> u64 {
+        self.hasher.hash_one(parts)
+    }
+
+    /// `false` only when no record of the key was ever applied.
+    pub fn may_contain(&self, hash: u64) -> bool {
+        self.filter.may_contain(hash)
+    }
+}
+
 /// A key index: the open segment's keys in memory, each closed segment's in a run file.
 #[derive(Debug)]
 pub struct KeyTable {
     dir: PathBuf,
     /// The run files' extension (`idem`, `effect`).
     suffix: &'static str,
-    hasher: RandomState,
-    filter: ScalableBloom,
+    gate: KeyGate,
     /// The segment whose keys are in memory.
     open_segment: u32,
     /// The open segment's keys: the first location of each hash ...
@@ -145,8 +166,10 @@ impl KeyTable {
         Self {
             dir: dir.to_owned(),
             suffix,
-            hasher: RandomState::new(),
-            filter: ScalableBloom::new(KEY_FILTER_BYTES_MAX),
+            gate: KeyGate {
+                hasher: RandomState::new(),
+                filter: Arc::new(ScalableBloom::new(KEY_FILTER_BYTES_MAX)),
+            },
             open_segment: 0,
             open: HashMap::new(),
             open_more: Vec::new(),
@@ -157,7 +180,13 @@ impl KeyTable {
 
     /// The hash a key is indexed by.
     pub fn hash(&self, parts: &[&str]) -> u64 {
-        self.hasher.hash_one(parts)
+        self.gate.hash(parts)
+    }
+
+    /// The filter in front of this table, for readers that ask it before taking the index's
+    /// lock.
+    pub fn gate(&self) -> KeyGate {
+        self.gate.clone()
     }
 
     /// Indexes the record at `loc` (in the open segment, after every record indexed before).
@@ -171,7 +200,7 @@ impl KeyTable {
                 loc.offset()
             )));
         }
-        self.filter.insert(hash);
+        self.gate.filter.insert(hash);
         match self.open.entry(hash) {
             std::collections::hash_map::Entry::Occupied(_) => self.open_more.push((hash, loc)),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -185,7 +214,7 @@ impl KeyTable {
     /// Where records of keys with `hash` may be, newest first. Empty when the filter is sure.
     pub fn candidates(&self, hash: u64) -> Result<Vec<Loc>, Error> {
         let mut out = Vec::new();
-        if !self.filter.may_contain(hash) {
+        if !self.gate.filter.may_contain(hash) {
             return Ok(out);
         }
         for run in &self.runs {
@@ -321,7 +350,7 @@ impl KeyTable {
         let open = self.open.capacity() * (8 + 8 + 1)
             + self.open_more.capacity() * 16
             + self.open_order.capacity() * 16;
-        (self.filter.usage().1, runs + open as u64)
+        (self.gate.filter.usage().1, runs + open as u64)
     }
 
     /// Forgets the runs of segments before `segment` (every key in them is gone) and removes

@@ -142,6 +142,8 @@ pub struct LogStore {
     _lock: File,
     dir: PathBuf,
     cut_bytes: u64,
+    /// The idempotency keys' filter, asked before the index's lock is taken.
+    key_gate: keys::KeyGate,
 }
 
 impl LogStore {
@@ -164,6 +166,7 @@ impl LogStore {
         let mut index = Index::new(&log_dir, options.effects_in_memory_max);
         let opened = segments::open_all(&log_dir, &segments, &mut index)?;
         verify_tail(&index, &segments, options.verify_tail_entries)?;
+        let key_gate = index.keys.gate();
         let last_checkpoint = index.checkpoints.last().map_or(0, |c| c.seq);
         let effect_id = index.effect_id_max;
         let segment = (segments.len() - 1) as u32;
@@ -203,6 +206,7 @@ impl LogStore {
             _lock: lock,
             dir: options.dir,
             cut_bytes: opened.cut_bytes,
+            key_gate,
         })
     }
 
@@ -482,8 +486,13 @@ impl Store for LogStore {
     }
 
     fn idempotency(&self, tenant: &str, key: &str) -> Result<Option<IdempotencyRecord>, Error> {
+        // Most keys asked for are new: the filter answers them without the index's lock.
+        let hash = self.key_gate.hash(&[tenant, key]);
+        if !self.key_gate.may_contain(hash) {
+            return Ok(None);
+        }
         let index = self.index()?;
-        for loc in index.keys.candidates(index.keys.hash(&[tenant, key]))? {
+        for loc in index.keys.candidates(hash)? {
             if !index.key_kept(loc) {
                 continue;
             }
