@@ -92,7 +92,8 @@ impl Work {
 
 pub(crate) struct Shard {
     pub inner: Arc<Inner>,
-    pub cache: HashMap<String, StreamState>,
+    /// Boxed: a state is over a kilobyte, and a map's empty slots would hold one each.
+    pub cache: HashMap<String, Box<StreamState>>,
     /// Load order, for dropping the oldest stream when the cache is full.
     pub loaded: VecDeque<String>,
     /// Commits sent to the store and not yet acknowledged, oldest first.
@@ -351,7 +352,7 @@ impl Shard {
             .record(done.decided_at.elapsed());
         let product = done.next.product.clone();
         if let Some(state) = self.cache.get_mut(&done.stream) {
-            *state = done.next;
+            **state = done.next;
         }
         let refused = !done.status.applies();
         if let Some(started) = done.started {
@@ -418,9 +419,12 @@ impl Shard {
                 }
             }
             self.loaded.push_back(stream.to_owned());
-            self.cache.insert(stream.to_owned(), state);
+            self.cache.insert(stream.to_owned(), Box::new(state));
         }
-        self.cache.get(stream).ok_or_else(|| vanished(stream))
+        self.cache
+            .get(stream)
+            .map(|s| &**s)
+            .ok_or_else(|| vanished(stream))
     }
 
     fn forget(&mut self, stream: &str) {
