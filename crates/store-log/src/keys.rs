@@ -114,6 +114,28 @@ impl Run {
     }
 }
 
+/// Writes a run file of `segment` (numbered from 0) in `dir` as `<segment + 1>.<suffix>`,
+/// replacing any older one; answers its path and the file, open for reading. Not synced: a run
+/// is derived from its segment and written again at the next open.
+pub(crate) fn write_run_file(
+    dir: &Path,
+    segment: u32,
+    suffix: &str,
+    bytes: &[u8],
+) -> Result<(PathBuf, File), Error> {
+    let path = dir.join(format!("{:010}.{suffix}", segment + 1));
+    let io = |e: std::io::Error| Error::Storage(format!("{}: {e}", path.display()));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    Ok((path, file))
+}
+
 fn le(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(b);
@@ -316,18 +338,7 @@ impl KeyTable {
         };
         let hash_pages = section(&by_hash, &mut buf);
         let loc_pages = section(&by_loc, &mut buf);
-        let path = self
-            .dir
-            .join(format!("{:010}.{}", segment + 1, self.suffix));
-        let io = |e: std::io::Error| Error::Storage(format!("{}: {e}", path.display()));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io)?;
-        file.write_all(&buf).map_err(io)?;
+        let (path, file) = write_run_file(&self.dir, segment, self.suffix, &buf)?;
         Ok(Run {
             segment,
             path,

@@ -17,15 +17,15 @@
 //! CRC32C of each 4 KiB page in memory; the open segment's new names are in memory.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
-use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use marketgov_store::Error;
 
 use crate::index::Loc;
+use crate::keys::write_run_file;
 
 /// Maps the slots are spread over.
 const SLOT_MAPS: usize = 64;
@@ -303,16 +303,7 @@ impl StreamTable {
         if let Some(f) = first.take() {
             close(&buf, page_start, f, &mut pages);
         }
-        let path = self.dir.join(format!("{:010}.names", segment + 1));
-        let io = |e: std::io::Error| Error::Storage(format!("{}: {e}", path.display()));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io)?;
-        file.write_all(&buf).map_err(io)?;
+        let (path, file) = write_run_file(&self.dir, segment, "names", &buf)?;
         Ok(NameRun { path, file, pages })
     }
 }

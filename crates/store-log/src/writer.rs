@@ -25,6 +25,10 @@ use crate::index::{EffectState, Index, Key, Loc};
 use crate::segments::{self, Segments, BATCH_BYTES_MAX};
 use crate::{FaultMode, Shared};
 
+/// Segments a log holds at most: a packed location keeps its top bit for the frame format
+/// (`StreamPrev::InBatch`), so segment numbers stay below 2^23 (2 PiB of 256 MiB segments).
+const SEGMENTS_MAX: u32 = 1 << 23;
+
 /// Where a caller is answered.
 pub(crate) type AckSender = oneshot::Sender<Result<Receipt, Error>>;
 
@@ -384,6 +388,11 @@ impl Writer {
                 .close_segment()
                 .map_err(|e| e.to_string())?;
             let number = self.segment + 2; // files count from 1
+            if number >= SEGMENTS_MAX {
+                return Err(format!(
+                    "the log has {SEGMENTS_MAX} segments, as many as it can hold"
+                ));
+            }
             let file = segments::create(&segments::dir_of(&self.dir), number)
                 .map_err(|e| e.to_string())?;
             let file = Arc::new(file);
