@@ -67,6 +67,15 @@ impl EmbeddedStore {
         both!(self, s => s.stopped())
     }
 
+    /// Bytes of a torn final batch the log-structured store cut off when it opened (0: none,
+    /// and always 0 for SQLite, whose own recovery reports nothing of the kind).
+    pub fn cut_on_open(&self) -> u64 {
+        match self {
+            Self::Sqlite(_) => 0,
+            Self::Log(s) => s.cut_on_open(),
+        }
+    }
+
     /// What the log-structured store's index holds in memory, by part (`None` for SQLite, whose
     /// indexes are on disk and whose page cache is bounded by its own setting).
     pub fn index_memory(&self) -> Option<marketgov_store_log::IndexMemory> {

@@ -271,6 +271,7 @@ impl App {
             "counted_since": "start of this process (conflicts, errors)",
             "shard_restarts": self.shard_restarts(),
             "store_bytes": self.store().bytes_on_disk(),
+            "store_cut_on_open_bytes": self.store().cut_on_open(),
             "timing_nanos": {
                 "decide": decide_nanos,
                 "handle": handle_nanos,
