@@ -342,7 +342,9 @@ impl Index {
                     )));
                 }
                 self.keys_removed.insert(at);
-                self.keys_live -= 1;
+                self.keys_live = self.keys_live.checked_sub(1).ok_or_else(|| {
+                    Inconsistent(format!("idempotency key {tenant}/{key} removed from none"))
+                })?;
             }
             Record::IdempotencySwept { before, passed } => {
                 let before = Loc::from_raw(*before);
@@ -439,7 +441,10 @@ impl Index {
                     if self.pending.remove(&at).is_none() {
                         self.spilled_settled.insert(at);
                     }
-                    self.effects_pending -= 1;
+                    self.effects_pending =
+                        self.effects_pending.checked_sub(1).ok_or_else(|| {
+                            Inconsistent(format!("effect {effect_key} settled with none pending"))
+                        })?;
                 }
             }
             Record::Versioned {
