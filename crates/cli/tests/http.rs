@@ -1149,3 +1149,25 @@ fn the_bench_runs_over_http_against_a_server_and_checks_every_answer() {
     );
     server.stop();
 }
+
+/// The binary starts itself once more with mimalloc's settings (main.rs), keeping its process
+/// id (the settings are read from the very process the caller started and signals).
+#[test]
+fn the_server_runs_with_the_allocator_settings_and_keeps_its_process_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let environ = std::fs::read(format!("/proc/{}/environ", server.child.id())).unwrap();
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    for wanted in [
+        &b"MIMALLOC_PURGE_DELAY=0"[..],
+        b"MIMALLOC_ARENA_EAGER_COMMIT=0",
+        b"MARKETGOV_ALLOCATOR_SET=1",
+    ] {
+        assert!(
+            vars.contains(&wanted),
+            "{} missing",
+            String::from_utf8_lossy(wanted)
+        );
+    }
+    assert!(server.stop().success());
+}
