@@ -269,11 +269,6 @@ impl Index {
         self.streams.close_segment()
     }
 
-    /// The stream's last version (0: no events).
-    pub fn stream_version(&self, stream: &str) -> u64 {
-        self.streams.get(stream).map_or(0, |s| u64::from(s.version))
-    }
-
     /// Applies one durable record found at `loc`.
     pub fn apply(&mut self, record: &Record, loc: Loc) -> Result<(), Inconsistent> {
         match record {

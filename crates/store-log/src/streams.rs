@@ -16,6 +16,7 @@
 //! streams, sorted, in a name run file beside it (`0000000001.names`), with the first name and
 //! CRC32C of each 4 KiB page in memory; the open segment's new names are in memory.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
@@ -195,26 +196,25 @@ impl StreamTable {
         }
     }
 
-    /// The stream's slot, created (and its name recorded for listing) if new.
+    /// The stream's slot, created (and its name recorded for listing) if new. One lookup for a
+    /// stream already known (this runs per event applied).
     pub fn get_or_insert(&mut self, name: &str) -> &mut StreamSlot {
         let (map, key, check) = self.place(name);
-        let taken = self.slots[map].get(&key).is_some_and(|s| s.check != check);
-        let new = if taken {
-            !self.overflow.contains_key(name)
-        } else {
-            !self.slots[map].contains_key(&key)
-        };
-        if new {
-            self.open_names.insert(name.to_owned());
-        }
         let slot = StreamSlot {
             check,
             ..StreamSlot::default()
         };
-        if taken {
-            self.overflow.entry(name.to_owned()).or_insert(slot)
-        } else {
-            self.slots[map].entry(key).or_insert(slot)
+        let open_names = &mut self.open_names;
+        match self.slots[map].entry(key) {
+            Entry::Occupied(o) if o.get().check == check => o.into_mut(),
+            Entry::Occupied(_) => self.overflow.entry(name.to_owned()).or_insert_with(|| {
+                open_names.insert(name.to_owned());
+                slot
+            }),
+            Entry::Vacant(v) => {
+                open_names.insert(name.to_owned());
+                v.insert(slot)
+            }
         }
     }
 

@@ -104,13 +104,22 @@ struct View<'a> {
 }
 
 impl View<'_> {
-    fn stream_version(&self, stream: &str) -> u64 {
-        self.draft
+    /// The stream's version as the batch sees it, and, when no commit before this one in the
+    /// batch wrote it, where its last durable event is (the next event points back at it).
+    fn stream_head(&self, stream: &str) -> (u64, Option<Loc>) {
+        match self
+            .draft
             .versions
             .get(stream)
             .or_else(|| self.batch.versions.get(stream))
-            .copied()
-            .unwrap_or_else(|| self.index.stream_version(stream))
+        {
+            Some(version) => (*version, None),
+            None => self
+                .index
+                .streams
+                .get(stream)
+                .map_or((0, None), |s| (u64::from(s.version), s.last_event())),
+        }
     }
 
     fn keys_frontier(&self) -> Loc {
@@ -516,6 +525,8 @@ fn add_commit(
             "a commit of {bytes} bytes is refused: at most {COMMIT_BYTES_MAX} are stored in one"
         )));
     }
+    // Where each event's stream last was on disk, found while checking its version.
+    let mut durable_prev = Vec::with_capacity(commit.events.len());
     for e in &commit.events {
         if e.stream_version > u64::from(u32::MAX) {
             return Err(Error::Storage(format!(
@@ -525,7 +536,8 @@ fn add_commit(
                 u32::MAX
             )));
         }
-        let at = view.stream_version(&e.stream);
+        let (at, durable_last) = view.stream_head(&e.stream);
+        durable_prev.push(durable_last);
         if e.stream_version != at + 1 {
             return Err(Error::Conflict(format!(
                 "stream {} version {} is taken (the stream is at version {at})",
@@ -643,7 +655,7 @@ fn add_commit(
     let mut receipt = Receipt {
         entries: Vec::with_capacity(events.len()),
     };
-    for e in events {
+    for (e, durable_last) in events.into_iter().zip(durable_prev) {
         let seq = batch.head.seq + 1;
         let prev_hash = batch.head.hash;
         let hash = entry_hash(&prev_hash, seq, &e.body);
@@ -652,11 +664,7 @@ fn add_commit(
         let here = batch.buf.len();
         let prev = match batch.last_event_at.insert(e.stream.clone(), here) {
             Some(at) => StreamPrev::InBatch((here - at) as u64),
-            None => index
-                .streams
-                .get(&e.stream)
-                .and_then(|s| s.last_event())
-                .map_or(StreamPrev::First, |l| StreamPrev::At(l.raw())),
+            None => durable_last.map_or(StreamPrev::First, |l| StreamPrev::At(l.raw())),
         };
         batch.push(Record::Event {
             seq,
