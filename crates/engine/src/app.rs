@@ -1,6 +1,8 @@
 //! The `App`: the one API every front end calls.
 
 use std::collections::HashMap;
+
+use marketgov_store::transient::TransientMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use marketgov_audit::{Hash, Report, Verifier};
@@ -184,12 +186,12 @@ impl Inner {
 pub struct App {
     inner: Arc<Inner>,
     shards: Arc<Vec<mpsc::Sender<Work>>>,
-    in_flight: Arc<Mutex<HashMap<(String, String), ()>>>,
+    in_flight: Arc<Mutex<TransientMap<(String, String), ()>>>,
 }
 
 /// Removes an in-flight key when the request ends, however it ends.
 pub(crate) struct InFlight {
-    map: Arc<Mutex<HashMap<(String, String), ()>>>,
+    map: Arc<Mutex<TransientMap<(String, String), ()>>>,
     key: (String, String),
 }
 
@@ -275,7 +277,7 @@ impl App {
         Ok(Self {
             inner,
             shards: Arc::new(shards),
-            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            in_flight: Arc::new(Mutex::new(TransientMap::default())),
         })
     }
 

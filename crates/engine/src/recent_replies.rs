@@ -10,7 +10,9 @@
 //! (`idempotency_keys_max`): the cache holds only the newest records, which the store's sweep
 //! by count never removes first. A miss is never an answer: the caller reads the store, as before.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use marketgov_store::transient::TransientMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
@@ -36,7 +38,7 @@ pub(crate) struct RecentReply {
 struct Entries {
     /// By tenant, then key: a lookup by borrowed `&str`s allocates nothing (it runs for every
     /// keyed request).
-    by_key: HashMap<String, HashMap<String, (u64, RecentReply)>>,
+    by_key: TransientMap<String, TransientMap<String, (u64, RecentReply)>>,
     /// Answers held, all tenants together.
     held: usize,
     /// Keys in insertion order with the generation they were inserted at: a key answered again

@@ -6,7 +6,7 @@
 //! from the store, which holds only committed decisions), the event is parked in the review queue
 //! and its caller told so, and the shard goes on with its other streams.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use marketgov_core::ids::Sku;
 use marketgov_core::orchestrator::{decide_catalog, decide_event, EventContext, EventStatus};
 use marketgov_core::timers::TimerCommand;
 use marketgov_core::{CatalogCommand, Customer, CustomerEvent, EventKind, Input};
+use marketgov_store::transient::TransientMap;
 use marketgov_store::{
     Commit, EventWrite, IdempotencyRecord, OutboxWrite, Snapshot, Store, StreamLoad, TimerWrite,
     VersionedWrite,
@@ -93,14 +94,14 @@ impl Work {
 pub(crate) struct Shard {
     pub inner: Arc<Inner>,
     /// Boxed: a state is over a kilobyte, and a map's empty slots would hold one each.
-    pub cache: HashMap<String, Box<StreamState>>,
+    pub cache: TransientMap<String, Box<StreamState>>,
     /// Load order, for dropping the oldest stream when the cache is full.
     pub loaded: VecDeque<String>,
     /// Commits sent to the store and not yet acknowledged, oldest first.
     in_flight: VecDeque<InFlight>,
     /// Work for streams with a commit in flight, in arrival order: it is decided once that
     /// commit is acknowledged, on the state it made.
-    waiting: HashMap<String, VecDeque<Work>>,
+    waiting: TransientMap<String, VecDeque<Work>>,
     /// Items in `waiting`, all streams together: bounded by `shard_queue_max` like the mailbox,
     /// so a flood for one stream is refused at the mailbox instead of piling up here.
     waiting_len: usize,
@@ -162,10 +163,10 @@ impl Shard {
         loop {
             let shard = Shard {
                 inner: inner.clone(),
-                cache: HashMap::new(),
+                cache: TransientMap::default(),
                 loaded: VecDeque::new(),
                 in_flight: VecDeque::new(),
-                waiting: HashMap::new(),
+                waiting: TransientMap::default(),
                 waiting_len: 0,
             };
             let run = tokio::spawn(shard.run(rx.clone()));

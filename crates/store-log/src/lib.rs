@@ -120,6 +120,8 @@ pub(crate) struct Shared {
     pub commits: AtomicU64,
     pub batches: AtomicU64,
     pub fault: Option<Arc<FaultInjector>>,
+    /// Whether the syncer waits for a batch (the builder then hands its batch on at once).
+    pub syncer_idle: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -178,21 +180,47 @@ impl LogStore {
             commits: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             fault: options.fault.clone(),
+            syncer_idle: std::sync::atomic::AtomicBool::new(true),
         });
         let (tx, rx) = sync_channel(options.commit_queue_max);
-        let w = writer::Writer {
+        // A rendezvous: the builder is never more than one batch ahead of the syncer.
+        let (to_syncer, from_builder) = sync_channel(0);
+        let (spares_tx, spares_rx) = sync_channel(writer::SPARE_BUFFERS_MAX);
+        let (number, head) = {
+            let index = shared
+                .index
+                .read()
+                .map_err(|_| Error::Storage("index poisoned".into()))?;
+            (index.batch, index.head)
+        };
+        let s = writer::Syncer {
             shared: shared.clone(),
             dir: options.dir.clone(),
             file: opened.last,
             segment,
             len: opened.last_len,
+            spares: spares_tx,
+        };
+        let syncer = std::thread::Builder::new()
+            .name("marketgov-store-syncer".into())
+            .spawn(move || s.run(from_builder))
+            .map_err(|e| Error::Unavailable(format!("cannot start the syncer: {e}")))?;
+        let w = writer::Writer {
+            shared: shared.clone(),
             signer: options.signer,
             checkpoint_every: options.checkpoint_every_entries.max(1),
             last_checkpoint,
             batch_commits_max: options.batch_commits_max.max(1),
             effect_id,
             segment_bytes_max: options.segment_bytes_max,
-            spare: (Vec::new(), Vec::new()),
+            segment,
+            len: opened.last_len,
+            number,
+            head,
+            layers: Vec::new(),
+            to_syncer: Some(to_syncer),
+            spares: spares_rx,
+            syncer: Some(syncer),
         };
         let writer = std::thread::Builder::new()
             .name("marketgov-store-writer".into())

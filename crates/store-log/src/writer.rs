@@ -1,22 +1,34 @@
-//! The single writer. It takes every commit queued since its last batch (at most
-//! `batch_commits_max`), checks each against the durable index and the commits before it in the
-//! batch (a commit that conflicts fails alone and writes nothing), encodes the others into one
-//! buffer, writes it with one `pwrite` at the segment's end, syncs it with one `fdatasync`, and
-//! only then applies its records to the index (readers see it) and answers every caller.
+//! The writer, in two threads that overlap one batch's sync with the next batch's work.
+//!
+//! - The **builder** takes every commit queued since its last batch (at most
+//!   `batch_commits_max`), checks each against the durable index, the batch handed on before it
+//!   and not yet applied, and the commits before it in the batch (a commit that conflicts fails
+//!   alone and writes nothing), and encodes the others into one buffer. It plans where the batch
+//!   goes (this segment, or a new one) and hands it to the syncer.
+//! - The **syncer** writes each batch with one `pwrite` at the segment's end, syncs it with one
+//!   `fdatasync`, and only then applies its records to the index (readers see it) and answers
+//!   every caller. It takes the next batch only when it is done with the last, so a batch is
+//!   written only after the one before it is synced: the torn end of the log is never more than
+//!   one batch (segments.rs relies on it).
+//!
+//! So while batch N syncs, batch N+1 is checked and encoded. The hand-over is a rendezvous: the
+//! builder is at most one batch ahead, and at most one batch it checks against is unapplied.
 //!
 //! A failed write or sync answers nothing of its batch as done and stops the store for good
 //! (fail-stop): what reached the disk is decided by the next open, which keeps a whole batch and
-//! cuts off a torn one. A sync is never retried on the same file.
+//! cuts off a torn one. A sync is never retried on the same file. A batch built while the one
+//! before it failed is answered as stopped.
 
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use marketgov_audit::{entry_hash, CheckpointSigner, Head};
+use marketgov_store::transient::{map_with_capacity, TransientMap, TransientSet};
 use marketgov_store::{Commit, Error, OutboxUpdate, Receipt, TimerWrite};
 use tokio::sync::oneshot;
 
@@ -28,6 +40,10 @@ use crate::{FaultMode, Shared};
 /// Segments a log holds at most: a packed location keeps its top bit for the frame format
 /// (`StreamPrev::InBatch`), so segment numbers stay below 2^23 (2 PiB of 256 MiB segments).
 const SEGMENTS_MAX: u32 = 1 << 23;
+
+/// Buffers the syncer gives back for reuse, at most (fresh ones would be page-faulted in and
+/// zeroed by the kernel at every batch: a sixth of the writer's time when measured).
+pub(crate) const SPARE_BUFFERS_MAX: usize = 2;
 
 /// Where a caller is answered.
 pub(crate) type AckSender = oneshot::Sender<Result<Receipt, Error>>;
@@ -45,13 +61,12 @@ pub(crate) enum Inbound {
     Close,
 }
 
+/// A batch's buffers, handed back by the syncer for the next batch.
+pub(crate) type Spare = (Vec<u8>, Vec<(Record, usize)>);
+
+/// The builder.
 pub(crate) struct Writer {
     pub shared: Arc<Shared>,
-    pub dir: PathBuf,
-    /// The segment being written, its number (from 0) and length.
-    pub file: Arc<File>,
-    pub segment: u32,
-    pub len: u64,
     pub signer: Option<CheckpointSigner>,
     pub checkpoint_every: u64,
     pub last_checkpoint: u64,
@@ -60,25 +75,69 @@ pub(crate) struct Writer {
     pub effect_id: i64,
     /// See [`crate::Options::segment_bytes_max`].
     pub segment_bytes_max: u64,
-    /// The last batch's buffers, kept for the next (fresh ones would be page-faulted in and
-    /// zeroed by the kernel at every batch: a sixth of the writer's time when measured).
-    pub spare: (Vec<u8>, Vec<(Record, usize)>),
+    /// Where the next batch goes (segment from 0, offset): planned here, carried out by the
+    /// syncer.
+    pub segment: u32,
+    pub len: u64,
+    /// The number and the audit head of the last batch built.
+    pub number: u64,
+    pub head: Head,
+    /// Batches handed to the syncer and perhaps not applied yet, oldest first (at most two).
+    pub layers: Vec<Layer>,
+    pub to_syncer: Option<SyncSender<Written>>,
+    pub spares: Receiver<Spare>,
+    pub syncer: Option<JoinHandle<()>>,
+}
+
+/// What a batch handed to the syncer changes, for checking the batches after it until the
+/// index has it.
+pub(crate) struct Layer {
+    number: u64,
+    /// Where the batch starts.
+    segment: u32,
+    base: u64,
+    overlay: Overlay,
+    /// Where in the batch each stream's last event is.
+    last_event_at: TransientMap<String, usize>,
+}
+
+/// A batch checked and encoded, on its way to the disk.
+pub(crate) struct Written {
+    number: u64,
+    buf: Vec<u8>,
+    /// Each record and its offset in `buf`.
+    records: Vec<(Record, usize)>,
+    answers: Vec<(AckSender, Result<Receipt, Error>)>,
+    /// Where it goes: a segment after the syncer's current one means "start it".
+    segment: u32,
+    base: u64,
+}
+
+/// The syncer.
+pub(crate) struct Syncer {
+    pub shared: Arc<Shared>,
+    pub dir: PathBuf,
+    /// The segment being written, its number (from 0) and length.
+    pub file: Arc<File>,
+    pub segment: u32,
+    pub len: u64,
+    pub spares: SyncSender<Spare>,
 }
 
 /// What the commits before this one in the batch changed, layered over the index.
 #[derive(Default)]
 struct Overlay {
-    versions: HashMap<String, u64>,
+    versions: TransientMap<String, u64>,
     /// `true`: stored in this batch; `false`: removed in this batch.
-    keys: HashMap<Key, bool>,
+    keys: TransientMap<Key, bool>,
     keys_net: i64,
     /// Durable idempotency records removed one by one in this batch.
-    keys_removed: HashSet<Loc>,
+    keys_removed: TransientSet<Loc>,
     /// Where this batch's sweeps have got to.
     keys_frontier: Option<Loc>,
     /// Effects queued or updated in this batch, and where each was queued if that is durable.
-    effects: HashMap<String, (EffectState, Option<Loc>)>,
-    versioned: HashMap<(u8, String), u64>,
+    effects: TransientMap<String, (EffectState, Option<Loc>)>,
+    versioned: TransientMap<(u8, String), u64>,
 }
 
 impl Overlay {
@@ -95,37 +154,54 @@ impl Overlay {
     }
 }
 
-/// The index seen through the batch's overlay and the current commit's draft.
+/// The index seen through the unapplied batch before this one, the batch's overlay and the
+/// current commit's draft.
 struct View<'a> {
     index: &'a Index,
     segments: &'a Segments,
+    /// Handed to the syncer and not applied to `index` yet, oldest first.
+    layers: &'a [Layer],
     batch: &'a Overlay,
     draft: Overlay,
 }
 
 impl View<'_> {
+    /// The overlays, newest first.
+    fn overlays(&self) -> impl Iterator<Item = &Overlay> {
+        [&self.draft, self.batch]
+            .into_iter()
+            .chain(self.layers.iter().rev().map(|l| &l.overlay))
+    }
+
     /// The stream's version as the batch sees it, and, when no commit before this one in the
-    /// batch wrote it, where its last durable event is (the next event points back at it).
+    /// batch wrote it, where its last event is (the next event points back at it).
     fn stream_head(&self, stream: &str) -> (u64, Option<Loc>) {
-        match self
+        if let Some(version) = self
             .draft
             .versions
             .get(stream)
             .or_else(|| self.batch.versions.get(stream))
         {
-            Some(version) => (*version, None),
-            None => self
-                .index
-                .streams
-                .get(stream)
-                .map_or((0, None), |s| (u64::from(s.version), s.last_event())),
+            return (*version, None);
         }
+        for layer in self.layers.iter().rev() {
+            if let (Some(version), Some(at)) = (
+                layer.overlay.versions.get(stream),
+                layer.last_event_at.get(stream),
+            ) {
+                let loc = Loc::new(layer.segment, layer.base + *at as u64);
+                return (*version, Some(loc));
+            }
+        }
+        self.index
+            .streams
+            .get(stream)
+            .map_or((0, None), |s| (u64::from(s.version), s.last_event()))
     }
 
     fn keys_frontier(&self) -> Loc {
-        self.draft
-            .keys_frontier
-            .or(self.batch.keys_frontier)
+        self.overlays()
+            .find_map(|o| o.keys_frontier)
             .unwrap_or(self.index.keys_frontier)
     }
 
@@ -133,8 +209,18 @@ impl View<'_> {
     fn key_kept(&self, loc: Loc) -> bool {
         loc >= self.keys_frontier()
             && self.index.key_kept(loc)
-            && !self.batch.keys_removed.contains(&loc)
-            && !self.draft.keys_removed.contains(&loc)
+            && !self.overlays().any(|o| o.keys_removed.contains(&loc))
+    }
+
+    /// Live idempotency records as the batch sees them.
+    fn keys_live(&self) -> i64 {
+        self.index.keys_live as i64 + self.overlays().map(|o| o.keys_net).sum::<i64>()
+    }
+
+    /// Whether `k` was stored (`Some(true)`) or removed (`Some(false)`) by a batch not applied
+    /// yet or a commit before this one.
+    fn key_written(&self, k: &Key) -> Option<bool> {
+        self.overlays().find_map(|o| o.keys.get(k).copied())
     }
 
     /// Where the durable record of `k` is, if it is still kept.
@@ -162,20 +248,15 @@ impl View<'_> {
 
     /// Whether `k` is stored as the batch sees it.
     fn key_present(&self, k: &Key) -> Result<bool, Error> {
-        match self.draft.keys.get(k).or_else(|| self.batch.keys.get(k)) {
-            Some(present) => Ok(*present),
+        match self.key_written(k) {
+            Some(present) => Ok(present),
             None => Ok(self.durable_key(k)?.is_some()),
         }
     }
 
     /// The effect's state as the batch sees it, and where it was queued if that is durable.
     fn effect_state(&self, key: &str) -> Result<Option<(EffectState, Option<Loc>)>, Error> {
-        if let Some(state) = self
-            .draft
-            .effects
-            .get(key)
-            .or_else(|| self.batch.effects.get(key))
-        {
+        if let Some(state) = self.overlays().find_map(|o| o.effects.get(key)) {
             return Ok(Some(*state));
         }
         for at in self
@@ -198,11 +279,8 @@ impl View<'_> {
     }
 
     fn versioned(&self, k: &(u8, String)) -> u64 {
-        self.draft
-            .versioned
-            .get(k)
-            .or_else(|| self.batch.versioned.get(k))
-            .copied()
+        self.overlays()
+            .find_map(|o| o.versioned.get(k).copied())
             .unwrap_or_else(|| self.index.versioned.get(k).map_or(0, |v| v.0))
     }
 }
@@ -217,9 +295,11 @@ struct Batch {
     answers: Vec<(AckSender, Result<Receipt, Error>)>,
     overlay: Overlay,
     /// Where in `buf` each stream's last event of this batch is.
-    last_event_at: HashMap<String, usize>,
+    last_event_at: TransientMap<String, usize>,
     head: Head,
     effect_id: i64,
+    /// Whether it carries a signed checkpoint.
+    checkpoint: bool,
 }
 
 impl Batch {
@@ -250,15 +330,27 @@ impl Writer {
                 .queued
                 .fetch_sub(requests.len(), Ordering::Relaxed);
             if !requests.is_empty() {
-                self.write_batch(requests, false);
+                self.write_batch(requests, Some(&rx), &mut closing);
             }
         }
-        self.write_batch(Vec::new(), true);
+        self.write_batch(Vec::new(), None, &mut true);
+        // The syncer finishes what it was handed, then stops.
+        self.to_syncer = None;
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.join();
+        }
     }
 
-    /// Writes, syncs and applies one batch, then answers its callers. `closing`: a clean close,
+    /// Builds one batch and hands it to the syncer, which writes, syncs and applies it, then
+    /// answers its callers. While the syncer is busy, commits queued meanwhile on `more` join
+    /// the batch. `closing`: a clean close (set here when it comes while the batch is built),
     /// which signs whatever the last checkpoint does not cover.
-    fn write_batch(&mut self, requests: Vec<Request>, closing: bool) {
+    fn write_batch(
+        &mut self,
+        requests: Vec<Request>,
+        more: Option<&Receiver<Inbound>>,
+        closing: &mut bool,
+    ) {
         if let Some(reason) = self.shared.stopped_reason() {
             for r in requests {
                 let _ = r.ack.send(Err(Error::Stopped {
@@ -267,7 +359,7 @@ impl Writer {
             }
             return;
         }
-        let batch = match self.build(requests, closing) {
+        let batch = match self.build(requests, more, closing) {
             Ok(Some(b)) => b,
             Ok(None) => return,
             Err((acks, e)) => {
@@ -275,91 +367,119 @@ impl Writer {
                 return;
             }
         };
-        let fault = self.shared.fault.as_ref().and_then(|f| f.next_batch());
-        if let Err(e) = self.write_out(&batch, fault) {
-            let acks = batch.answers.into_iter().map(|(a, _)| a).collect();
-            self.fail(acks, e);
-            return;
-        }
-        if fault == Some(FaultMode::Held) {
-            if let Some(f) = &self.shared.fault {
-                f.hold();
+        // Planned here so that the next batch can point back into this one.
+        let size = batch.buf.len() as u64;
+        let (segment, base) = if self.len > 0 && self.len + size > self.segment_bytes_max {
+            if self.segment + 2 >= SEGMENTS_MAX {
+                // Files count from 1.
+                let acks = batch.answers.into_iter().map(|(a, _)| a).collect();
+                self.fail(
+                    acks,
+                    format!("the log has {SEGMENTS_MAX} segments, as many as it can hold"),
+                );
+                return;
             }
-        }
-        if fault == Some(FaultMode::UnacknowledgedSync) {
-            let acks = batch.answers.into_iter().map(|(a, _)| a).collect();
-            self.fail(acks, "injected fault: sync reported failure".into());
-            return;
-        }
-        if let Err(e) = self.apply(&batch) {
-            let acks = batch.answers.into_iter().map(|(a, _)| a).collect();
-            self.fail(acks, e.to_string());
-            return;
-        }
-        let commits = batch.answers.iter().filter(|(_, r)| r.is_ok()).count() as u64;
-        self.shared.commits.fetch_add(commits, Ordering::Relaxed);
-        self.shared.batches.fetch_add(1, Ordering::Relaxed);
+            (self.segment + 1, 0)
+        } else {
+            (self.segment, self.len)
+        };
         let Batch {
-            mut buf,
-            mut records,
+            number,
+            buf,
+            records,
             answers,
-            ..
+            overlay,
+            last_event_at,
+            head,
+            effect_id,
+            checkpoint,
         } = batch;
-        for (ack, answer) in answers {
-            let _ = ack.send(answer);
+        let written = Written {
+            number,
+            buf,
+            records,
+            answers,
+            segment,
+            base,
+        };
+        let Some(to_syncer) = &self.to_syncer else {
+            return;
+        };
+        if let Err(e) = to_syncer.send(written) {
+            let acks = e.0.answers.into_iter().map(|(a, _)| a).collect();
+            self.fail(acks, "the syncer has stopped".into());
+            return;
         }
-        buf.clear();
-        records.clear();
-        self.spare = (buf, records);
+        self.layers.push(Layer {
+            number,
+            segment,
+            base,
+            overlay,
+            last_event_at,
+        });
+        (self.segment, self.len) = (segment, base + size);
+        (self.number, self.head, self.effect_id) = (number, head, effect_id);
+        if checkpoint {
+            self.last_checkpoint = head.seq;
+        }
     }
 
     /// Checks and encodes the batch's commits. `None`: nothing to write.
     fn build(
         &mut self,
         requests: Vec<Request>,
-        closing: bool,
+        more: Option<&Receiver<Inbound>>,
+        closing: &mut bool,
     ) -> Result<Option<Batch>, (Vec<AckSender>, Error)> {
-        let index = match self.shared.index.read() {
-            Ok(i) => i,
-            Err(_) => {
-                let acks = requests.into_iter().map(|r| r.ack).collect();
-                return Err((acks, Error::Storage("index poisoned".into())));
-            }
-        };
+        let (buf, records) = self.spares.try_recv().unwrap_or_default();
         let mut batch = Batch {
-            number: index.batch + 1,
-            buf: std::mem::take(&mut self.spare.0),
-            records: std::mem::take(&mut self.spare.1),
+            number: self.number + 1,
+            buf,
+            records,
             answers: Vec::with_capacity(requests.len()),
-            overlay: Overlay::default(),
-            last_event_at: HashMap::new(),
-            head: index.head,
+            overlay: Overlay {
+                versions: map_with_capacity(requests.len()),
+                keys: map_with_capacity(requests.len()),
+                ..Overlay::default()
+            },
+            last_event_at: map_with_capacity(requests.len()),
+            head: self.head,
             effect_id: self.effect_id,
+            checkpoint: false,
         };
         batch.push(Record::Begin {
             batch: batch.number,
             length: 0,
         });
         for request in requests {
-            let answer = if batch.buf.len() as u64 > BATCH_BYTES_MAX / 2 {
-                // Bounded batches keep a torn write recognisable (see segments.rs); the rest
-                // are refused as overloaded and retried by their callers.
-                Err(Error::Overloaded {
-                    queued: self.shared.queued.load(Ordering::Relaxed),
-                })
-            } else {
-                add_commit(&index, &self.shared.segments, &mut batch, request.commit)
-            };
-            batch.answers.push((request.ack, answer));
+            self.add_request(&mut batch, request);
+        }
+        // The syncer is still busy with the batch before: what came meanwhile rides along with
+        // this one instead of waiting for the sync after.
+        while let Some(rx) = more {
+            if *closing
+                || batch.answers.len() >= self.batch_commits_max
+                || self.shared.syncer_idle.load(Ordering::Acquire)
+            {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(Inbound::Commit(r)) => {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.add_request(&mut batch, r);
+                }
+                Ok(Inbound::Close) => *closing = true,
+                Err(_) => break,
+            }
         }
         let checkpoint_due = batch.head.seq > self.last_checkpoint
-            && (closing || batch.head.seq >= self.last_checkpoint + self.checkpoint_every);
+            && (*closing || batch.head.seq >= self.last_checkpoint + self.checkpoint_every);
         if let (true, Some(signer)) = (checkpoint_due, &self.signer) {
             batch.push(Record::Checkpoint(
                 signer.sign(batch.head.seq, &batch.head.hash),
             ));
+            batch.checkpoint = true;
         }
-        drop(index);
         if batch.records.len() == 1 {
             // Nothing but the Begin frame: every commit failed alone, or a close with nothing
             // to sign. Nothing is written.
@@ -385,24 +505,129 @@ impl Writer {
         Ok(Some(batch))
     }
 
-    /// Writes the batch at the end of the segment (starting a new one first when it is full)
-    /// and syncs it.
-    fn write_out(&mut self, batch: &Batch, fault: Option<FaultMode>) -> Result<(), String> {
-        if self.len > 0 && self.len + batch.buf.len() as u64 > self.segment_bytes_max {
-            // The closed segment's keys go to their run files first (as the open does).
+    /// Checks one commit and adds it to the batch, or answers why not.
+    fn add_request(&mut self, batch: &mut Batch, request: Request) {
+        let answer = if batch.buf.len() as u64 > BATCH_BYTES_MAX / 2 {
+            // Bounded batches keep a torn write recognisable (see segments.rs); the rest are
+            // refused as overloaded and retried by their callers.
+            Err(Error::Overloaded {
+                queued: self.shared.queued.load(Ordering::Relaxed),
+            })
+        } else {
+            // The lock is taken per commit, not per batch, so that the syncer can apply the
+            // batch before this one (and readers read) in between.
+            match self.shared.index.read() {
+                Ok(index) => {
+                    self.layers.retain(|l| l.number > index.batch);
+                    add_commit(
+                        &index,
+                        &self.shared.segments,
+                        &self.layers,
+                        batch,
+                        request.commit,
+                    )
+                }
+                Err(_) => Err(Error::Storage("index poisoned".into())),
+            }
+        };
+        batch.answers.push((request.ack, answer));
+    }
+
+    fn fail(&self, acks: Vec<AckSender>, reason: String) {
+        fail(&self.shared, acks, reason);
+    }
+}
+
+/// Stops the store and answers `acks` with why.
+fn fail(shared: &Shared, acks: Vec<AckSender>, reason: String) {
+    shared.stop(&reason);
+    for ack in acks {
+        let _ = ack.send(Err(Error::Stopped {
+            reason: reason.clone(),
+        }));
+    }
+}
+
+impl Syncer {
+    pub fn run(mut self, rx: Receiver<Written>) {
+        loop {
+            self.shared.syncer_idle.store(true, Ordering::Release);
+            let Ok(batch) = rx.recv() else { break };
+            self.shared.syncer_idle.store(false, Ordering::Release);
+            self.sync_batch(batch);
+        }
+    }
+
+    /// Writes, syncs and applies one batch, then answers its callers.
+    fn sync_batch(&mut self, batch: Written) {
+        let acks = |b: Written| b.answers.into_iter().map(|(a, _)| a).collect();
+        if let Some(reason) = self.shared.stopped_reason() {
+            fail(&self.shared, acks(batch), reason);
+            return;
+        }
+        let fault = self.shared.fault.as_ref().and_then(|f| f.next_batch());
+        if let Err(e) = self.write_out(&batch, fault) {
+            fail(&self.shared, acks(batch), e);
+            return;
+        }
+        if fault == Some(FaultMode::Held) {
+            if let Some(f) = &self.shared.fault {
+                f.hold();
+            }
+        }
+        if fault == Some(FaultMode::UnacknowledgedSync) {
+            fail(
+                &self.shared,
+                acks(batch),
+                "injected fault: sync reported failure".into(),
+            );
+            return;
+        }
+        if let Err(e) = self.apply(&batch) {
+            fail(&self.shared, acks(batch), e.to_string());
+            return;
+        }
+        let commits = batch.answers.iter().filter(|(_, r)| r.is_ok()).count() as u64;
+        self.shared.commits.fetch_add(commits, Ordering::Relaxed);
+        self.shared.batches.fetch_add(1, Ordering::Relaxed);
+        let Written {
+            mut buf,
+            mut records,
+            answers,
+            ..
+        } = batch;
+        for (ack, answer) in answers {
+            let _ = ack.send(answer);
+        }
+        buf.clear();
+        records.clear();
+        match self.spares.try_send((buf, records)) {
+            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Writes the batch where the builder planned it (starting a new segment first when it
+    /// says so) and syncs it.
+    fn write_out(&mut self, batch: &Written, fault: Option<FaultMode>) -> Result<(), String> {
+        if batch.segment != self.segment {
+            if batch.segment != self.segment + 1 || batch.base != 0 {
+                return Err(format!(
+                    "batch {} planned for segment {} offset {}, the log is at segment {}",
+                    batch.number,
+                    batch.segment + 1,
+                    batch.base,
+                    self.segment + 1
+                ));
+            }
+            // The closed segment's keys go to their run files first (as the open does). Every
+            // batch before this one is applied: they went through this thread.
             self.shared
                 .index
                 .write()
                 .map_err(|_| "index poisoned".to_string())?
                 .close_segment()
                 .map_err(|e| e.to_string())?;
-            let number = self.segment + 2; // files count from 1
-            if number >= SEGMENTS_MAX {
-                return Err(format!(
-                    "the log has {SEGMENTS_MAX} segments, as many as it can hold"
-                ));
-            }
-            let file = segments::create(&segments::dir_of(&self.dir), number)
+            let file = segments::create(&segments::dir_of(&self.dir), batch.segment + 1)
                 .map_err(|e| e.to_string())?;
             let file = Arc::new(file);
             self.segment = self
@@ -412,6 +637,16 @@ impl Writer {
                 .map_err(|e| e.to_string())?;
             self.file = file;
             self.len = 0;
+        }
+        if batch.segment != self.segment || batch.base != self.len {
+            return Err(format!(
+                "batch {} planned for segment {} offset {}, the log is at segment {} offset {}",
+                batch.number,
+                batch.segment + 1,
+                batch.base,
+                self.segment + 1,
+                self.len
+            ));
         }
         match fault {
             Some(FaultMode::TornWrite) => {
@@ -436,7 +671,7 @@ impl Writer {
     }
 
     /// Applies the synced batch to the index.
-    fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
+    fn apply(&mut self, batch: &Written) -> Result<(), Error> {
         let mut index = self
             .shared
             .index
@@ -448,23 +683,10 @@ impl Writer {
                 location: format!("batch {}", batch.number),
                 detail: e.0,
             })?;
-            if let Record::Checkpoint(c) = record {
-                self.last_checkpoint = c.seq;
-            }
         }
         drop(index);
         self.len += batch.buf.len() as u64;
-        self.effect_id = batch.effect_id;
         Ok(())
-    }
-
-    fn fail(&self, acks: Vec<AckSender>, reason: String) {
-        self.shared.stop(&reason);
-        for ack in acks {
-            let _ = ack.send(Err(Error::Stopped {
-                reason: reason.clone(),
-            }));
-        }
     }
 }
 
@@ -509,12 +731,14 @@ fn commit_bytes(c: &Commit) -> usize {
 fn add_commit(
     index: &Index,
     segments: &Segments,
+    layers: &[Layer],
     batch: &mut Batch,
     commit: Commit,
 ) -> Result<Receipt, Error> {
     let mut view = View {
         index,
         segments,
+        layers,
         batch: &batch.overlay,
         draft: Overlay::default(),
     };
@@ -551,11 +775,11 @@ fn add_commit(
     let mut deletes: Vec<(Key, Loc)> = Vec::new();
     for (tenant, key) in &commit.idempotency_expired {
         let k = (tenant.clone(), key.clone());
-        match view.draft.keys.get(&k).or_else(|| view.batch.keys.get(&k)) {
-            Some(false) => continue, // removed earlier in this batch
+        match view.key_written(&k) {
+            Some(false) => continue, // removed earlier in this batch or the one before
             Some(true) => {
-                // Stored earlier in this batch, so not durable yet and without a location to
-                // name; the caller retries after this batch.
+                // Stored earlier in this batch or the one before, so not durable yet and
+                // without a location to name; the caller retries after this batch.
                 return Err(Error::Conflict(format!(
                     "idempotency key {key} was stored in this batch"
                 )));
@@ -790,7 +1014,7 @@ fn swept(
 ) -> Result<Option<(Loc, u64)>, Error> {
     let limit = sweep.limit;
     let keep_max = i64::try_from(sweep.keep_max).unwrap_or(i64::MAX);
-    let mut live = view.index.keys_live as i64 + view.batch.keys_net + view.draft.keys_net;
+    let mut live = view.keys_live();
     let mut frontier = view.keys_frontier();
     let (mut passed, mut removed) = (0u64, 0u64);
     'pages: loop {

@@ -751,3 +751,159 @@ fn streams_are_walked_back_across_segments_and_batches_and_listed_by_prefix() {
     }
     check(&open_small_segments(dir.path()));
 }
+
+#[test]
+fn a_batch_built_while_the_one_before_syncs_is_checked_against_it() {
+    // Batch 2 is written and held before it is applied: what comes next is built against it
+    // while the index does not have it yet.
+    let dir = tempfile::tempdir().unwrap();
+    let fault = FaultInjector::fail_batch(2, FaultMode::Held);
+    {
+        let mut o = options(dir.path());
+        o.fault = Some(fault.clone());
+        let store = LogStore::open(o).unwrap();
+        step(&store, 0);
+        let versioned = |expected_version, version| marketgov_store::VersionedWrite {
+            key: "case-1".into(),
+            expected_version,
+            version,
+            body: b"{}".to_vec(),
+        };
+        let held = store
+            .commit(Commit {
+                events: vec![event("s1", 1, "{\"i\":1}")],
+                idempotency: vec![key("k1")],
+                cases: vec![versioned(0, 1)],
+                outbox: vec![effect("e1")],
+                ..Commit::default()
+            })
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !fault.holding() {
+            assert!(start.elapsed().as_secs() < 10, "the batch never came");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // It follows the held batch: the next version, the next case version, a new key.
+        let follows = store
+            .commit(Commit {
+                events: vec![event("s1", 2, "{\"i\":2}")],
+                idempotency: vec![key("k2")],
+                cases: vec![versioned(1, 2)],
+                ..Commit::default()
+            })
+            .unwrap();
+        // Each takes something the held batch took.
+        let same_version = store
+            .commit(commit_events(vec![event("s1", 1, "{\"again\":1}")]))
+            .unwrap();
+        let same_key = store
+            .commit(Commit {
+                idempotency: vec![key("k1")],
+                ..Commit::default()
+            })
+            .unwrap();
+        let same_case = store
+            .commit(Commit {
+                cases: vec![versioned(0, 1)],
+                ..Commit::default()
+            })
+            .unwrap();
+        let same_effect = store
+            .commit(Commit {
+                outbox: vec![effect("e1")],
+                ..Commit::default()
+            })
+            .unwrap();
+        fault.release();
+        wait(held).unwrap();
+        wait(follows).unwrap();
+        for (what, ack) in [
+            ("version", same_version),
+            ("key", same_key),
+            ("case", same_case),
+            ("effect", same_effect),
+        ] {
+            assert!(
+                matches!(wait(ack), Err(Error::Conflict(_))),
+                "the same {what} twice"
+            );
+        }
+        let events: Vec<_> = store.load_stream("s1").unwrap().events;
+        assert_eq!(
+            events.iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![1, 2],
+            "the second event points back at the first"
+        );
+    }
+    let store = open(dir.path());
+    assert_eq!(store.load_stream("s1").unwrap().events.len(), 2);
+    assert_eq!(store.idempotency("t", "k2").unwrap(), Some(key("k2")));
+    assert_verified(&store, 100);
+}
+
+fn assert_verified(store: &LogStore, entries: usize) {
+    let entries = store.audit_entries(1, entries).unwrap();
+    let report = verify(
+        &CheckpointSigner::from_secret(&SECRET).public_key(),
+        &entries,
+        &store.checkpoints().unwrap(),
+    )
+    .unwrap();
+    assert!(report.ok, "{report:?}");
+}
+
+#[test]
+fn commits_from_many_threads_across_small_segments_come_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (threads, per_thread) = (6u64, 150u64);
+    let streams = |store: &LogStore| -> Vec<Vec<u64>> {
+        (0..threads)
+            .map(|t| {
+                store
+                    .load_stream(&format!("s{t}"))
+                    .unwrap()
+                    .events
+                    .iter()
+                    .map(|e| e.0)
+                    .collect()
+            })
+            .collect()
+    };
+    let expected: Vec<Vec<u64>> = (0..threads).map(|_| (1..=per_thread).collect()).collect();
+    {
+        let store = std::sync::Arc::new(open_small_segments(dir.path()));
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for v in 1..=per_thread {
+                        let body = format!("{{\"t\":{t},\"v\":{v}}}");
+                        wait(
+                            store
+                                .commit(Commit {
+                                    events: vec![event(&format!("s{t}"), v, &body)],
+                                    idempotency: vec![key(&format!("k{t}-{v}"))],
+                                    outbox: vec![effect(&format!("e{t}-{v}"))],
+                                    ..Commit::default()
+                                })
+                                .unwrap(),
+                        )
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(streams(&store), expected);
+        assert_eq!(store.stats().unwrap().events, threads * per_thread);
+    }
+    let store = open_small_segments(dir.path());
+    assert_eq!(streams(&store), expected);
+    assert!(
+        std::fs::read_dir(dir.path().join("log")).unwrap().count() > 10,
+        "the log rolled over many segments"
+    );
+    assert_verified(&store, (threads * per_thread) as usize);
+}

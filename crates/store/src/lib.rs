@@ -16,6 +16,7 @@ pub mod backend;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod filter;
+pub mod transient;
 
 pub use marketgov_audit::{Checkpoint, Entry, Hash};
 
