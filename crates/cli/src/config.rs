@@ -25,6 +25,7 @@ pub struct FileConfig {
     pub tenant_effects_per_second: Option<u32>,
     pub tenant_effects_burst: Option<u32>,
     pub gcp_procurement_url: Option<String>,
+    pub store: Option<String>,
 }
 
 /// The default file, read when present and no `--config` is given.

@@ -96,6 +96,11 @@ enum Command {
         /// to Google are recorded by the sandbox connector).
         #[arg(long, env = "MARKETGOV_GCP_PROCUREMENT_URL")]
         gcp_procurement_url: Option<String>,
+        /// The embedded store of a new data directory: `sqlite` (the default) or `log` (the
+        /// log-structured store, not yet the default: docs/store-log.md). A directory that holds
+        /// a store keeps its kind; asking for the other kind is refused (no migration yet).
+        #[arg(long, value_enum, env = "MARKETGOV_STORE")]
+        store: Option<StoreChoice>,
     },
     /// Decides inputs given as JSON lines on stdin on the durable store, acknowledging each once synced.
     Ingest {
@@ -145,8 +150,8 @@ enum Command {
         data_dir: Option<PathBuf>,
         /// The embedded store of the in-process run: `sqlite` (the default store) or `log` (the
         /// log-structured store, not yet the default: docs/store-log.md).
-        #[arg(long, value_enum, default_value_t = BenchStore::Sqlite)]
-        store: BenchStore,
+        #[arg(long, value_enum, default_value_t = StoreChoice::Sqlite)]
+        store: StoreChoice,
     },
     /// API keys.
     Keys {
@@ -212,11 +217,20 @@ enum GovernorsCommand {
     },
 }
 
-/// The embedded store of an in-process bench.
+/// The embedded store: of an in-process bench, or of a new data directory for `serve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BenchStore {
+enum StoreChoice {
     Sqlite,
     Log,
+}
+
+impl StoreChoice {
+    fn kind(self) -> StoreKind {
+        match self {
+            StoreChoice::Sqlite => StoreKind::Sqlite,
+            StoreChoice::Log => StoreKind::Log,
+        }
+    }
 }
 
 /// Where `marketgov bench` sends its workload.
@@ -353,6 +367,7 @@ fn layer_config(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<Cli>
         tenant_effects_per_second,
         tenant_effects_burst,
         gcp_procurement_url,
+        store,
     } = &mut cli.command
     else {
         return Ok(cli);
@@ -395,6 +410,12 @@ fn layer_config(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<Cli>
     }
     if let (true, Some(v)) = (d("tenant_effects_burst"), file.tenant_effects_burst) {
         *tenant_effects_burst = v;
+    }
+    if let (true, Some(v)) = (store.is_none(), &file.store) {
+        *store = Some(
+            <StoreChoice as ValueEnum>::from_str(v, true)
+                .map_err(|e| anyhow::anyhow!("store = {v:?}: {e}"))?,
+        );
     }
     if let (true, Some(v)) = (
         gcp_procurement_url.is_none(),
@@ -495,10 +516,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 target,
                 api_key,
                 rate,
-                store: match store {
-                    BenchStore::Sqlite => StoreKind::Sqlite,
-                    BenchStore::Log => StoreKind::Log,
-                },
+                store: store.kind(),
             })
         }
         Command::Ingest {
@@ -525,6 +543,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tenant_effects_per_second,
             tenant_effects_burst,
             gcp_procurement_url,
+            store,
             ..
         } => serve::run(serve::Settings {
             listen,
@@ -538,6 +557,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tenant_effects_per_second,
             tenant_effects_burst,
             gcp_procurement_url,
+            store: store.map(StoreChoice::kind),
         }),
         Command::Audit {
             command: AuditCommand::Verify { data_dir },

@@ -26,6 +26,8 @@ pub struct Settings {
     pub tenant_effects_per_second: u32,
     pub tenant_effects_burst: u32,
     pub gcp_procurement_url: Option<String>,
+    /// The store a new data directory gets (`None`: the default, or what the directory holds).
+    pub store: Option<marketgov_engine::StoreKind>,
 }
 
 pub fn run(settings: Settings) -> anyhow::Result<()> {
@@ -45,6 +47,20 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     if manual && !listen.ip().is_loopback() {
         bail!("--clock manual is for tests and demos and is refused unless listening on loopback (got {listen})");
     }
+    if let (Some(asked), Some(held)) = (
+        settings.store,
+        marketgov_engine::embedded_kind_in(&data_dir),
+    ) {
+        if asked != held {
+            bail!(
+                "{} holds a {} store and --store {} was asked for: a directory keeps the kind \
+                 it was created with (moving a store from one kind to the other is not built)",
+                data_dir.display(),
+                held.name(),
+                asked.name()
+            );
+        }
+    }
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let admin_key = admin_key(&data_dir)?;
@@ -60,6 +76,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         options.idempotency_window_ms = settings.idempotency_window_hours.saturating_mul(3_600_000);
         options.tenant_effects_per_second = settings.tenant_effects_per_second;
         options.tenant_effects_burst = settings.tenant_effects_burst;
+        if let Some(kind) = settings.store {
+            options.store_kind = kind;
+        }
         if let Some(url) = &settings.gcp_procurement_url {
             options.gcp_procurement = Some(
                 marketgov_engine::GcpProcurement::new(url)

@@ -1171,3 +1171,37 @@ fn the_server_runs_with_the_allocator_settings_and_keeps_its_process_id() {
     }
     assert!(server.stop().success());
 }
+
+#[test]
+fn a_new_directory_takes_the_store_asked_for_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), &["--store", "log"]);
+    assert!(dir.path().join("log").is_dir(), "a log-structured store");
+    assert!(!dir.path().join("marketgov.db").exists());
+    product(&server, "pro", false);
+    let sub = json!({"type": "customer_subscribes", "customer_id": "c1", "sku": "pro"});
+    let (status, _, first) = server.admin("POST", "/v1/events", Some(sub.clone()), Some("k1"));
+    assert_eq!((status, first["status"].as_str()), (200, Some("completed")));
+    assert!(server.stop().success());
+
+    // Reopened without the flag: the directory's own kind, with what it stored.
+    let server = Server::start(dir.path());
+    let (status, head, again) = server.admin("POST", "/v1/events", Some(sub), Some("k1"));
+    assert_eq!(status, 200);
+    assert!(head.contains("idempotent-replayed: true"), "{head}");
+    assert_eq!(again, first);
+    assert!(!dir.path().join("marketgov.db").exists());
+    assert!(server.stop().success());
+
+    // The other kind is refused, by name, and changes nothing.
+    let out = Command::new(env!("CARGO_BIN_EXE_marketgov"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "sqlite"])
+        .args(["--data-dir", dir.path().to_str().unwrap()])
+        .env("MARKETGOV_ADMIN_KEY", ADMIN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds a log store"), "{err}");
+    assert!(!dir.path().join("marketgov.db").exists());
+}

@@ -22,6 +22,16 @@ pub enum StoreKind {
     Log,
 }
 
+impl StoreKind {
+    /// As the command line and the configuration file spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Log => "log",
+        }
+    }
+}
+
 /// One of the embedded stores.
 #[derive(Debug)]
 pub enum EmbeddedStore {
