@@ -30,8 +30,10 @@ pub(crate) struct RecentReply {
     pub fingerprint: [u8; 32],
     pub created_at_ms: i64,
     pub status: EventStatus,
-    /// The first answer's text, receipt included.
-    pub json: String,
+    /// The decision's result (taken over from the first answer, not copied) and its receipt:
+    /// a replay writes the same text from them that the first caller received.
+    pub result: Box<str>,
+    pub receipt: Option<(u64, marketgov_audit::Hash, marketgov_audit::Hash)>,
 }
 
 #[derive(Debug, Default)]
@@ -134,11 +136,7 @@ impl RecentReplies {
             });
         }
         self.answered.fetch_add(1, Relaxed);
-        Ok(Some(Reply {
-            status: r.status,
-            json: r.json.clone(),
-            replayed: true,
-        }))
+        Ok(Some(Reply::new(r.status, &r.result, r.receipt, true)))
     }
 
     /// Answers held now.
@@ -163,7 +161,8 @@ mod tests {
             fingerprint: [7; 32],
             created_at_ms,
             status: EventStatus::Completed,
-            json: json.to_owned(),
+            result: json.into(),
+            receipt: None,
         }
     }
 

@@ -393,12 +393,8 @@ impl Shard {
         if let (Some(tenant), Some(product)) = (&done.product_of, product) {
             self.inner.remember_product(tenant, product);
         }
-        let reply = Reply::new(
-            done.status,
-            done.result_json.get(),
-            receipt.entries.first().copied(),
-            false,
-        );
+        let receipt = receipt.entries.first().copied();
+        let reply = Reply::new(done.status, done.result_json.get(), receipt, false);
         if let Some((claim, created_at_ms)) = done.claim {
             self.inner.recent_replies.insert(
                 &claim.tenant,
@@ -408,7 +404,8 @@ impl Shard {
                     fingerprint: claim.fingerprint,
                     created_at_ms,
                     status: reply.status,
-                    json: reply.json.clone(),
+                    result: done.result_json.into(),
+                    receipt,
                 },
             );
         }

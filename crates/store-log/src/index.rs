@@ -17,14 +17,16 @@
 //!   (not bounded yet; few in practice);
 //! - one location per 64 audit entries, and every signed checkpoint.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
 use marketgov_audit::{Checkpoint, Head};
 
 use crate::frame::{table_code, Record, StreamPrev};
 use crate::keys::KeyTable;
+use crate::prehashed::PrehashedMap;
 use crate::streams::{NameHash, StreamTable};
+use marketgov_store::transient::TransientMap;
 
 /// Where a frame is: its segment and its offset in it, packed (segments are far smaller than
 /// 2^40 bytes).
@@ -96,14 +98,14 @@ pub struct Index {
     pub keys_removed: BTreeSet<Loc>,
     /// Pending timers by a 128-bit hash of `(stream, kind)` (as streams.rs explains): when
     /// each is due and where its `TimerSet` record is (which names it).
-    pub timers: HashMap<u128, (i64, Loc)>,
+    pub timers: PrehashedMap<u128, (i64, Loc)>,
     pub timers_due: BTreeSet<(i64, Loc)>,
     pub timer_hash: NameHash,
     /// Where every effect ever queued is (by a hash of its key).
     pub effects: KeyTable,
     /// Pending effects (neither done nor dead) held in memory, by where each was queued: at
     /// most `effects_in_memory_max`, but for a spilled one loaded by its retry.
-    pub pending: HashMap<Loc, EffectIndex>,
+    pub pending: TransientMap<Loc, EffectIndex>,
     /// The pending effects in memory by `(next attempt, where queued)`.
     pub effects_ready: BTreeSet<(i64, Loc)>,
     /// Pending effects in all, in memory or not.
@@ -170,11 +172,11 @@ impl Index {
             keys_live: 0,
             keys_frontier: Loc::from_raw(0),
             keys_removed: BTreeSet::new(),
-            timers: HashMap::new(),
+            timers: PrehashedMap::default(),
             timers_due: BTreeSet::new(),
             timer_hash: NameHash::new(),
             effects: KeyTable::new(dir, "effect"),
-            pending: HashMap::new(),
+            pending: TransientMap::default(),
             effects_ready: BTreeSet::new(),
             effects_pending: 0,
             spilled_from: None,

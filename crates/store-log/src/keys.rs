@@ -20,7 +20,6 @@
 //! segment anyway) and never syncs them. The plan to persist them, so that an open need not scan
 //! closed segments, is in docs/store-log.md.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, RandomState};
 use std::io::Write as _;
@@ -32,6 +31,7 @@ use marketgov_store::filter::{Bloom, ScalableBloom};
 use marketgov_store::Error;
 
 use crate::index::{Inconsistent, Loc};
+use crate::prehashed::PrehashedMap;
 
 /// Entries per page of a run file.
 const PAGE_ENTRIES: usize = 256;
@@ -173,7 +173,7 @@ pub struct KeyTable {
     /// The segment whose keys are in memory.
     open_segment: u32,
     /// The open segment's keys: the first location of each hash ...
-    open: HashMap<u64, Loc>,
+    open: PrehashedMap<u64, Loc>,
     /// ... and any further location of a hash already in `open` (rare).
     open_more: Vec<(u64, Loc)>,
     /// The open segment's keys in log order, with when each was created.
@@ -193,7 +193,7 @@ impl KeyTable {
                 filter: Arc::new(ScalableBloom::new(KEY_FILTER_BYTES_MAX)),
             },
             open_segment: 0,
-            open: HashMap::new(),
+            open: PrehashedMap::default(),
             open_more: Vec::new(),
             open_order: Vec::new(),
             runs: Vec::new(),
@@ -293,7 +293,7 @@ impl KeyTable {
             let run = self.write_run(segment)?;
             self.runs.push(run);
         }
-        self.open = HashMap::new();
+        self.open = PrehashedMap::default();
         self.open_more = Vec::new();
         self.open_order = Vec::new();
         self.open_segment = segment + 1;

@@ -27,6 +27,7 @@
 mod frame;
 mod index;
 mod keys;
+mod prehashed;
 mod segments;
 mod streams;
 mod writer;

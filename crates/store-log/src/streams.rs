@@ -27,6 +27,7 @@ use marketgov_store::Error;
 
 use crate::index::Loc;
 use crate::keys::write_run_file;
+use crate::prehashed::PrehashedMap;
 
 /// Maps the slots are spread over.
 const SLOT_MAPS: usize = 64;
@@ -155,7 +156,7 @@ pub struct StreamTable {
     hash: NameHash,
     /// The slots, in [`SLOT_MAPS`] maps by 6 bits of the hash (so that no map's growth ever
     /// doubles the memory of all of them at once), keyed by 64 more.
-    slots: Vec<HashMap<u64, StreamSlot>>,
+    slots: Vec<PrehashedMap<u64, StreamSlot>>,
     /// Streams whose slot's place was taken by another name, by name.
     overflow: HashMap<String, StreamSlot>,
     /// The open segment's new streams.
@@ -169,7 +170,7 @@ impl StreamTable {
         Self {
             dir: dir.to_owned(),
             hash: NameHash::new(),
-            slots: (0..SLOT_MAPS).map(|_| HashMap::new()).collect(),
+            slots: (0..SLOT_MAPS).map(|_| PrehashedMap::default()).collect(),
             overflow: HashMap::new(),
             open_names: BTreeSet::new(),
             open_segment: 0,
