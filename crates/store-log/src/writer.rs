@@ -82,7 +82,8 @@ pub(crate) struct Writer {
     /// The number and the audit head of the last batch built.
     pub number: u64,
     pub head: Head,
-    /// Batches handed to the syncer and perhaps not applied yet, oldest first (at most two).
+    /// Batches handed to the syncer, oldest first: the one it may still be working on, and one
+    /// it has applied until the next commit's check drops it.
     pub layers: Vec<Layer>,
     pub to_syncer: Option<SyncSender<Written>>,
     pub spares: Receiver<Spare>,
@@ -403,6 +404,9 @@ impl Writer {
             base,
         };
         let Some(to_syncer) = &self.to_syncer else {
+            // Only after the run has ended; answered rather than dropped all the same.
+            let acks = written.answers.into_iter().map(|(a, _)| a).collect();
+            self.fail(acks, "the syncer has stopped".into());
             return;
         };
         if let Err(e) = to_syncer.send(written) {
