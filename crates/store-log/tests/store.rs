@@ -94,14 +94,7 @@ fn a_torn_final_batch_is_cut_off_at_every_byte_and_nothing_before_it_is_lost() {
         drop(store);
         let store = open(copy.path());
         assert_eq!(store.stats().unwrap().events, 10, "cut at {cut}");
-        let entries = store.audit_entries(1, 100).unwrap();
-        let report = verify(
-            &CheckpointSigner::from_secret(&SECRET).public_key(),
-            &entries,
-            &store.checkpoints().unwrap(),
-        )
-        .unwrap();
-        assert!(report.ok, "cut at {cut}: {report:?}");
+        assert_verified(&store, 100, &format!("cut at {cut}"));
     }
 }
 
@@ -176,10 +169,7 @@ fn a_failed_write_or_sync_acknowledges_nothing_and_stops_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         let fault = FaultInjector::fail_batch(3, mode);
         {
-            let mut o = options(dir.path());
-            o.fault = Some(fault.clone());
-            let store = LogStore::open(o).unwrap();
-            step(&store, 0);
+            let store = open_with_fault(dir.path(), &fault);
             step(&store, 1);
             let third = store
                 .commit(commit_events(vec![event("s0", 2, "{\"i\":3}")]))
@@ -223,14 +213,29 @@ fn a_failed_write_or_sync_acknowledges_nothing_and_stops_the_writer() {
     }
 }
 
+/// A store whose batches meet `fault`, after one commit of [`step`].
+fn open_with_fault(dir: &Path, fault: &std::sync::Arc<FaultInjector>) -> LogStore {
+    let mut o = options(dir);
+    o.fault = Some(fault.clone());
+    let store = LogStore::open(o).unwrap();
+    step(&store, 0);
+    store
+}
+
+/// Waits until the held batch is being held.
+fn wait_holding(fault: &FaultInjector) {
+    let start = std::time::Instant::now();
+    while !fault.holding() {
+        assert!(start.elapsed().as_secs() < 10, "the batch never came");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn a_batch_is_neither_read_nor_acknowledged_before_its_sync_is_done() {
     let dir = tempfile::tempdir().unwrap();
     let fault = FaultInjector::fail_batch(2, FaultMode::Held);
-    let mut o = options(dir.path());
-    o.fault = Some(fault.clone());
-    let store = LogStore::open(o).unwrap();
-    step(&store, 0);
+    let store = open_with_fault(dir.path(), &fault);
     let mut held = store
         .commit(Commit {
             events: vec![event("s1", 1, "{\"i\":1}")],
@@ -238,11 +243,7 @@ fn a_batch_is_neither_read_nor_acknowledged_before_its_sync_is_done() {
             ..Commit::default()
         })
         .unwrap();
-    let start = std::time::Instant::now();
-    while !fault.holding() {
-        assert!(start.elapsed().as_secs() < 10, "the batch never came");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_holding(&fault);
     assert!(held.try_recv().is_err(), "acknowledged while held");
     assert!(store.load_stream("s1").unwrap().events.is_empty());
     assert_eq!(store.idempotency("t", "k1").unwrap(), None);
@@ -386,15 +387,11 @@ fn a_killed_writer_loses_nothing_it_acknowledged() {
                 "round {round}: key {n} acknowledged and lost"
             );
         }
-        let entries = store.audit_entries(1, usize::MAX).unwrap();
-        assert_eq!(entries.len() as u64, events);
-        let report = verify(
-            &CheckpointSigner::from_secret(&SECRET).public_key(),
-            &entries,
-            &store.checkpoints().unwrap(),
-        )
-        .unwrap();
-        assert!(report.ok, "round {round}: {report:?}");
+        assert_eq!(
+            store.audit_entries(1, usize::MAX).unwrap().len() as u64,
+            events
+        );
+        assert_verified(&store, usize::MAX, &format!("round {round}"));
     }
 }
 
@@ -759,10 +756,7 @@ fn a_batch_built_while_the_one_before_syncs_is_checked_against_it() {
     let dir = tempfile::tempdir().unwrap();
     let fault = FaultInjector::fail_batch(2, FaultMode::Held);
     {
-        let mut o = options(dir.path());
-        o.fault = Some(fault.clone());
-        let store = LogStore::open(o).unwrap();
-        step(&store, 0);
+        let store = open_with_fault(dir.path(), &fault);
         let versioned = |expected_version, version| marketgov_store::VersionedWrite {
             key: "case-1".into(),
             expected_version,
@@ -778,11 +772,7 @@ fn a_batch_built_while_the_one_before_syncs_is_checked_against_it() {
                 ..Commit::default()
             })
             .unwrap();
-        let start = std::time::Instant::now();
-        while !fault.holding() {
-            assert!(start.elapsed().as_secs() < 10, "the batch never came");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        wait_holding(&fault);
         // It follows the held batch: the next version, the next case version, a new key.
         let follows = store
             .commit(Commit {
@@ -838,10 +828,11 @@ fn a_batch_built_while_the_one_before_syncs_is_checked_against_it() {
     let store = open(dir.path());
     assert_eq!(store.load_stream("s1").unwrap().events.len(), 2);
     assert_eq!(store.idempotency("t", "k2").unwrap(), Some(key("k2")));
-    assert_verified(&store, 100);
+    assert_verified(&store, 100, "after the held batch");
 }
 
-fn assert_verified(store: &LogStore, entries: usize) {
+/// The first `entries` audit entries verify against the signed checkpoints.
+fn assert_verified(store: &LogStore, entries: usize, context: &str) {
     let entries = store.audit_entries(1, entries).unwrap();
     let report = verify(
         &CheckpointSigner::from_secret(&SECRET).public_key(),
@@ -849,7 +840,7 @@ fn assert_verified(store: &LogStore, entries: usize) {
         &store.checkpoints().unwrap(),
     )
     .unwrap();
-    assert!(report.ok, "{report:?}");
+    assert!(report.ok, "{context}: {report:?}");
 }
 
 #[test]
@@ -905,5 +896,5 @@ fn commits_from_many_threads_across_small_segments_come_back_in_order() {
         std::fs::read_dir(dir.path().join("log")).unwrap().count() > 10,
         "the log rolled over many segments"
     );
-    assert_verified(&store, (threads * per_thread) as usize);
+    assert_verified(&store, (threads * per_thread) as usize, "after six threads");
 }
