@@ -6,7 +6,7 @@
 //! from the store, which holds only committed decisions), the event is parked in the review queue
 //! and its caller told so, and the shard goes on with its other streams.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -460,10 +460,6 @@ impl Shard {
     ) -> Result<Decided, Error> {
         let products = self.products_for(tenant, &event)?;
         let ctx = self.inner.context();
-        let catalog: BTreeMap<Sku, Product> = products
-            .iter()
-            .map(|p| (p.sku.clone(), p.clone()))
-            .collect();
         self.state(&stream)?;
         let state = self.cache.get(&stream).ok_or_else(|| vanished(&stream))?;
 
@@ -473,7 +469,7 @@ impl Shard {
             if let Some(hook) = &hook {
                 hook(&event);
             }
-            decide_event(state.customer.as_ref(), &event, &catalog, &ctx)
+            decide_event(state.customer.as_ref(), &event, &products, &ctx)
         }));
         let decided_at = std::time::Instant::now();
         let nanos =

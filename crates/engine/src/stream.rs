@@ -182,13 +182,13 @@ fn replay_one(state: &mut StreamState, logged: &ReplayedDecision<'_>) -> Result<
     let input = Input::from_value(input).map_err(|e| e.to_string())?;
     match input {
         Input::Customer(event) => {
-            let catalog: std::collections::BTreeMap<_, _> = logged
-                .products
-                .iter()
-                .map(|p| (p.sku.clone(), p.clone()))
-                .collect();
-            let result = decide_event(state.customer.as_ref(), &event, &catalog, &logged.ctx)
-                .map_err(|e| e.to_string())?;
+            let result = decide_event(
+                state.customer.as_ref(),
+                &event,
+                &logged.products,
+                &logged.ctx,
+            )
+            .map_err(|e| e.to_string())?;
             if result.status != logged.status {
                 return Err(format!(
                     "replay decided {:?}, the log says {:?}",

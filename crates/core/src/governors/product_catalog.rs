@@ -146,6 +146,14 @@ impl Catalog for BTreeMap<Sku, Product> {
     }
 }
 
+/// The few products one event reads (an event names at most one SKU), found by a scan: no map
+/// is built and no product copied for each decision.
+impl Catalog for Vec<Product> {
+    fn product(&self, sku: &Sku) -> Option<&Product> {
+        self.iter().find(|p| &p.sku == sku)
+    }
+}
+
 /// What the product-catalog governor decides on (the commands, version-checked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
