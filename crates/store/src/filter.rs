@@ -18,6 +18,8 @@ const BLOCK_BITS: u64 = 512;
 const BLOCK_WORDS: usize = (BLOCK_BITS / 64) as usize;
 /// Bits of a block's position taken per hash.
 const BIT_INDEX_BITS: u32 = BLOCK_BITS.trailing_zeros();
+/// Bit positions one 64-bit mix of the hash yields (a new mix after that many).
+const POSITIONS_PER_MIX: u32 = 64 / BIT_INDEX_BITS;
 /// Blocking costs some accuracy (keys crowd unevenly into blocks); this many more bits than the
 /// textbook optimum keep the measured rate at or under the one asked for (see the tests).
 const BLOCKED_BITS_FACTOR: f64 = 1.05;
@@ -72,13 +74,12 @@ impl Bloom {
     fn positions(&self, hash: u64) -> impl Iterator<Item = (usize, u64)> + '_ {
         let block = ((u128::from(hash) * u128::from(self.blocks)) >> 64) as usize;
         let base = block * BLOCK_WORDS;
-        let per_mix = 64 / BIT_INDEX_BITS;
         let mut mixed = remix(hash);
         (0..self.hashes).map(move |i| {
-            if i > 0 && i % per_mix == 0 {
+            if i > 0 && i % POSITIONS_PER_MIX == 0 {
                 mixed = remix(mixed);
             }
-            let bit = (mixed >> ((i % per_mix) * BIT_INDEX_BITS)) & (BLOCK_BITS - 1);
+            let bit = (mixed >> ((i % POSITIONS_PER_MIX) * BIT_INDEX_BITS)) & (BLOCK_BITS - 1);
             (base + (bit / 64) as usize, 1u64 << (bit % 64))
         })
     }
