@@ -23,7 +23,7 @@ use std::path::Path;
 use marketgov_audit::{Checkpoint, Head};
 
 use crate::frame::{table_code, Record, StreamPrev};
-use crate::keys::KeyTable;
+use crate::keys::{Gate, KeyTable};
 use crate::prehashed::PrehashedMap;
 use crate::streams::{NameHash, StreamTable};
 use marketgov_store::transient::TransientMap;
@@ -168,14 +168,14 @@ impl Index {
             head: Head::default(),
             seq_marks: Vec::new(),
             streams: StreamTable::new(dir),
-            keys: KeyTable::new(dir, "idem"),
+            keys: KeyTable::new(dir, "idem", Gate::Filter),
             keys_live: 0,
             keys_frontier: Loc::from_raw(0),
             keys_removed: BTreeSet::new(),
             timers: PrehashedMap::default(),
             timers_due: BTreeSet::new(),
             timer_hash: NameHash::new(),
-            effects: KeyTable::new(dir, "effect"),
+            effects: KeyTable::new(dir, "effect", Gate::None),
             pending: TransientMap::default(),
             effects_ready: BTreeSet::new(),
             effects_pending: 0,

@@ -11,10 +11,19 @@
 //! - When a segment is closed, its keys become a **run**: a file beside the segment
 //!   (`0000000001.idem`, ...) holding the `(hash, location)` pairs sorted by hash, then the
 //!   `(location, created)` pairs in log order (for the idempotency sweep). Memory keeps, per
-//!   run, a Bloom filter (about 8 bits per key) and the first entry and CRC32C of each 4 KiB
+//!   run, a Bloom filter (about 10 bits per key) and the first entry and CRC32C of each 4 KiB
 //!   page (12 bytes per 256 keys); a page read from the file is checked against its CRC.
-//! - One [`ScalableBloom`] over every key inserted since the open answers "certainly not" for
-//!   most new keys at one probe, so a new key (the common case) touches no run at all.
+//! - The runs' filters are stacked, up to [`RUNS_PER_STACK`] runs of about the same size in one
+//!   bit-sliced [`StackedBloom`], so that asking every run of a stack about a key reads its few
+//!   bit positions once instead of a cache line in each run's filter (at 10^7 events there are
+//!   75 runs per table, and most lookups ask them all: see below).
+//! - The idempotency table also keeps one [`ScalableBloom`] over every key inserted since the
+//!   open, which readers ask without the index's lock (every request asks for its key) and
+//!   which answers "certainly not" for most new keys at one probe, until its memory bound: past
+//!   about four million keys it answers "maybe" more and more often. The effect table, asked
+//!   only by the writer, has none: past that bound it would only cost memory and a probe.
+//! - A lookup goes newest first and stops at the first record its caller accepts, so a key
+//!   written recently is found without asking older runs.
 //!
 //! Runs are derived data: this version writes them anew at every open (the open scans every
 //! segment anyway) and never syncs them. The plan to persist them, so that an open need not scan
@@ -27,7 +36,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use marketgov_store::filter::{Bloom, ScalableBloom};
+use marketgov_store::filter::{ScalableBloom, StackedBloom};
 use marketgov_store::Error;
 
 use crate::index::{Inconsistent, Loc};
@@ -41,8 +50,15 @@ const ENTRY_BYTES: usize = 16;
 /// past it the filter fills up and answers "maybe" more often, which costs run probes, not
 /// correctness).
 pub const KEY_FILTER_BYTES_MAX: u64 = 12 << 20;
-/// The false-positive rate of each run's own filter (about 8 bits per key).
-const RUN_FALSE_POSITIVES: f64 = 0.02;
+/// The false-positive rate of each run's own filter (about 11.6 bits per key): each false
+/// positive costs a page read of the run file (about 2 µs), and a new key is asked of every run
+/// (at 10^7 events, 75 per table: 0.37 reads per new key; at 1 %, 0.75).
+const RUN_FALSE_POSITIVES: f64 = 0.005;
+/// Runs whose filters share one [`StackedBloom`] (its most).
+pub const RUNS_PER_STACK: usize = marketgov_store::filter::STACKED_LAYERS_MAX;
+/// A run joins the newest stack only if its keys are within this factor of what the stack was
+/// sized for (above, its filter would answer "maybe" too often; below, it would waste memory).
+const STACK_SIZE_SLACK: f64 = 1.25;
 
 /// What memory keeps of one page of a run file.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +75,6 @@ struct Run {
     path: PathBuf,
     file: File,
     count: usize,
-    bloom: Bloom,
     by_hash: Vec<Page>,
     by_loc: Vec<Page>,
 }
@@ -70,25 +85,28 @@ impl Run {
         (self.count * ENTRY_BYTES) as u64
     }
 
-    /// Reads page `p` of the section at `offset`: its pairs.
-    fn page(&self, pages: &[Page], offset: u64, p: usize) -> Result<Vec<(u64, u64)>, Error> {
+    /// Reads page `p` of the section at `offset` into `buf`: its pairs' bytes.
+    fn page<'b>(
+        &self,
+        pages: &[Page],
+        offset: u64,
+        p: usize,
+        buf: &'b mut [u8; PAGE_ENTRIES * ENTRY_BYTES],
+    ) -> Result<&'b [u8], Error> {
         let entries = PAGE_ENTRIES.min(self.count - p * PAGE_ENTRIES);
-        let mut buf = vec![0u8; entries * ENTRY_BYTES];
+        let buf = &mut buf[..entries * ENTRY_BYTES];
         let at = offset + (p * PAGE_ENTRIES * ENTRY_BYTES) as u64;
         let corrupt = |detail: String| Error::Corrupt {
             location: format!("{} page {p}", self.path.display()),
             detail,
         };
         self.file
-            .read_exact_at(&mut buf, at)
+            .read_exact_at(buf, at)
             .map_err(|e| corrupt(format!("unreadable: {e}")))?;
-        if pages.get(p).map(|pg| pg.crc) != Some(crc32c::crc32c(&buf)) {
+        if pages.get(p).map(|pg| pg.crc) != Some(crc32c::crc32c(buf)) {
             return Err(corrupt("the index page does not match its checksum".into()));
         }
-        Ok(buf
-            .chunks_exact(ENTRY_BYTES)
-            .map(|c| (le(&c[..8]), le(&c[8..])))
-            .collect())
+        Ok(buf)
     }
 
     /// Locations of entries with `hash`, in log order.
@@ -98,19 +116,42 @@ impl Run {
             .by_hash
             .partition_point(|p| p.first < hash)
             .saturating_sub(1);
+        let mut buf = [0u8; PAGE_ENTRIES * ENTRY_BYTES];
         for p in start..self.by_hash.len() {
             if p > start && self.by_hash[p].first > hash {
                 break;
             }
-            for (h, loc) in self.page(&self.by_hash, 0, p)? {
+            for entry in self
+                .page(&self.by_hash, 0, p, &mut buf)?
+                .chunks_exact(ENTRY_BYTES)
+            {
+                let h = le(&entry[..8]);
                 if h == hash {
-                    out.push(Loc::from_raw(loc));
+                    out.push(Loc::from_raw(le(&entry[8..])));
                 } else if h > hash {
                     return Ok(());
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// The filters of up to [`RUNS_PER_STACK`] consecutive runs, stacked; `runs[l]` is layer `l`
+/// (`None` once dropped).
+#[derive(Debug)]
+struct RunStack {
+    filter: StackedBloom,
+    runs: Vec<Option<Run>>,
+}
+
+impl RunStack {
+    /// Whether a run of `count` keys may join this stack.
+    fn takes(&self, count: usize) -> bool {
+        let sized = self.filter.capacity() as f64;
+        self.runs.len() < RUNS_PER_STACK
+            && (count as f64) <= sized * STACK_SIZE_SLACK
+            && (count as f64) >= sized / STACK_SIZE_SLACK
     }
 }
 
@@ -142,6 +183,16 @@ fn le(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Whether a [`KeyTable`] keeps a filter over all its keys in front of its runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// A filter readers may ask without the index's lock ([`KeyGate`]), up to
+    /// [`KEY_FILTER_BYTES_MAX`].
+    Filter,
+    /// None: a lookup asks the open segment's keys and the runs' filters.
+    None,
+}
+
 /// The hash and the filter over every key of a table. The filter is shared: a key is inserted
 /// when its record is applied, under the index's write lock and before its commit is
 /// acknowledged, so whoever learned of the commit (through its acknowledgement or anything
@@ -149,7 +200,7 @@ fn le(b: &[u8]) -> u64 {
 #[derive(Debug, Clone)]
 pub struct KeyGate {
     hasher: RandomState,
-    filter: Arc<ScalableBloom>,
+    filter: Option<Arc<ScalableBloom>>,
 }
 
 impl KeyGate {
@@ -157,9 +208,10 @@ impl KeyGate {
         self.hasher.hash_one(parts)
     }
 
-    /// `false` only when no record of the key was ever applied.
+    /// `false` only when no record of the key was ever applied (always `true` without a
+    /// filter).
     pub fn may_contain(&self, hash: u64) -> bool {
-        self.filter.may_contain(hash)
+        self.filter.as_ref().is_none_or(|f| f.may_contain(hash))
     }
 }
 
@@ -178,25 +230,26 @@ pub struct KeyTable {
     open_more: Vec<(u64, Loc)>,
     /// The open segment's keys in log order, with when each was created.
     open_order: Vec<(Loc, i64)>,
-    /// Closed segments' runs, oldest first.
-    runs: Vec<Run>,
+    /// Closed segments' runs, oldest first, their filters stacked.
+    stacks: Vec<RunStack>,
 }
 
 impl KeyTable {
     /// An empty table whose runs go in `dir` as `<segment>.<suffix>`.
-    pub fn new(dir: &Path, suffix: &'static str) -> Self {
+    pub fn new(dir: &Path, suffix: &'static str, gate: Gate) -> Self {
         Self {
             dir: dir.to_owned(),
             suffix,
             gate: KeyGate {
                 hasher: RandomState::new(),
-                filter: Arc::new(ScalableBloom::new(KEY_FILTER_BYTES_MAX)),
+                filter: (gate == Gate::Filter)
+                    .then(|| Arc::new(ScalableBloom::new(KEY_FILTER_BYTES_MAX))),
             },
             open_segment: 0,
             open: PrehashedMap::default(),
             open_more: Vec::new(),
             open_order: Vec::new(),
-            runs: Vec::new(),
+            stacks: Vec::new(),
         }
     }
 
@@ -222,7 +275,9 @@ impl KeyTable {
                 loc.offset()
             )));
         }
-        self.gate.filter.insert(hash);
+        if let Some(filter) = &self.gate.filter {
+            filter.insert(hash);
+        }
         match self.open.entry(hash) {
             std::collections::hash_map::Entry::Occupied(_) => self.open_more.push((hash, loc)),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -233,43 +288,81 @@ impl KeyTable {
         Ok(())
     }
 
-    /// Where records of keys with `hash` may be, newest first. Empty when the filter is sure.
-    pub fn candidates(&self, hash: u64) -> Result<Vec<Loc>, Error> {
-        let mut out = Vec::new();
-        if !self.gate.filter.may_contain(hash) {
-            return Ok(out);
+    /// Offers `found` each location where a record of a key with `hash` may be, newest first,
+    /// until it answers `Some` (the caller reads the record and compares the key itself);
+    /// answers that, or `None` when no location was accepted.
+    pub fn find_newest<T>(
+        &self,
+        hash: u64,
+        mut found: impl FnMut(Loc) -> Result<Option<T>, Error>,
+    ) -> Result<Option<T>, Error> {
+        if !self.gate.may_contain(hash) {
+            return Ok(None);
         }
-        for run in &self.runs {
-            if run.bloom.may_contain(hash) {
-                run.find(hash, &mut out)?;
+        // `open_more` holds, in log order, the locations after the first of a hash.
+        for (_, loc) in self.open_more.iter().rev().filter(|(h, _)| *h == hash) {
+            if let Some(t) = found(*loc)? {
+                return Ok(Some(t));
             }
         }
         if let Some(loc) = self.open.get(&hash) {
-            out.push(*loc);
+            if let Some(t) = found(*loc)? {
+                return Ok(Some(t));
+            }
         }
-        out.extend(
-            self.open_more
-                .iter()
-                .filter(|(h, _)| *h == hash)
-                .map(|(_, l)| *l),
-        );
-        out.sort_unstable_by(|a, b| b.cmp(a));
+        let mut locs = Vec::new();
+        for stack in self.stacks.iter().rev() {
+            let mut maybe = stack.filter.may_contain(hash);
+            while maybe != 0 {
+                let layer = (u64::BITS - 1 - maybe.leading_zeros()) as usize;
+                maybe &= !(1 << layer);
+                let Some(Some(run)) = stack.runs.get(layer) else {
+                    continue;
+                };
+                locs.clear();
+                run.find(hash, &mut locs)?;
+                for loc in locs.iter().rev() {
+                    if let Some(t) = found(*loc)? {
+                        return Ok(Some(t));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every location where records of keys with `hash` may be, newest first. Empty when the
+    /// filters are sure.
+    pub fn candidates(&self, hash: u64) -> Result<Vec<Loc>, Error> {
+        let mut out = Vec::new();
+        self.find_newest(hash, |loc| {
+            out.push(loc);
+            Ok(None::<()>)
+        })?;
         Ok(out)
+    }
+
+    /// The runs, oldest first.
+    fn runs(&self) -> impl Iterator<Item = &Run> {
+        self.stacks.iter().flat_map(|s| s.runs.iter().flatten())
     }
 
     /// Up to `limit` keys from `from` on, in log order: `(location, created)`.
     pub fn order_from(&self, from: Loc, limit: usize) -> Result<Vec<(Loc, i64)>, Error> {
         let mut out = Vec::new();
-        for run in self.runs.iter().filter(|r| r.segment >= from.segment()) {
+        let mut buf = [0u8; PAGE_ENTRIES * ENTRY_BYTES];
+        for run in self.runs().filter(|r| r.segment >= from.segment()) {
             let start = run
                 .by_loc
                 .partition_point(|p| p.first < from.raw())
                 .saturating_sub(1);
             for p in start..run.by_loc.len() {
-                for (loc, created) in run.page(&run.by_loc, run.order_offset(), p)? {
+                let page = run.page(&run.by_loc, run.order_offset(), p, &mut buf)?;
+                for entry in page.chunks_exact(ENTRY_BYTES) {
                     if out.len() >= limit {
                         return Ok(out);
                     }
+                    let (loc, created) = (le(&entry[..8]), le(&entry[8..]));
                     if loc >= from.raw() {
                         out.push((Loc::from_raw(loc), created as i64));
                     }
@@ -290,8 +383,7 @@ impl KeyTable {
     pub fn close_segment(&mut self) -> Result<(), Error> {
         let segment = self.open_segment;
         if !self.open_order.is_empty() {
-            let run = self.write_run(segment)?;
-            self.runs.push(run);
+            self.write_run(segment)?;
         }
         self.open = PrehashedMap::default();
         self.open_more = Vec::new();
@@ -300,7 +392,8 @@ impl KeyTable {
         Ok(())
     }
 
-    fn write_run(&self, segment: u32) -> Result<Run, Error> {
+    /// Writes the open segment's keys as its run and stacks its filter.
+    fn write_run(&mut self, segment: u32) -> Result<(), Error> {
         let mut by_hash: Vec<(u64, u64)> = self
             .open
             .iter()
@@ -315,10 +408,6 @@ impl KeyTable {
             .collect();
         let count = by_loc.len();
         debug_assert_eq!(by_hash.len(), count, "every key is in both sections");
-        let bloom = Bloom::new(count as u64, RUN_FALSE_POSITIVES);
-        for (h, _) in &by_hash {
-            bloom.insert(*h);
-        }
         let mut buf = Vec::with_capacity(2 * count * ENTRY_BYTES);
         let section = |pairs: &[(u64, u64)], buf: &mut Vec<u8>| -> Vec<Page> {
             pairs
@@ -339,42 +428,72 @@ impl KeyTable {
         let hash_pages = section(&by_hash, &mut buf);
         let loc_pages = section(&by_loc, &mut buf);
         let (path, file) = write_run_file(&self.dir, segment, self.suffix, &buf)?;
-        Ok(Run {
+        let run = Run {
             segment,
             path,
             file,
             count,
-            bloom,
             by_hash: hash_pages,
             by_loc: loc_pages,
-        })
+        };
+        if !self.stacks.last().is_some_and(|s| s.takes(count)) {
+            self.stacks.push(RunStack {
+                filter: StackedBloom::new(count as u64, RUN_FALSE_POSITIVES),
+                runs: Vec::with_capacity(RUNS_PER_STACK),
+            });
+        }
+        if let Some(stack) = self.stacks.last_mut() {
+            // `takes` keeps a stack under both its bound and the filter's.
+            debug_assert!(stack.runs.len() < RUNS_PER_STACK);
+            if stack.filter.push_layer(by_hash.iter().map(|(h, _)| *h)) == Some(stack.runs.len()) {
+                stack.runs.push(Some(run));
+            } else {
+                return Err(Error::Storage(format!(
+                    "the filter of run {} could not be stacked",
+                    run.path.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Bytes of memory this table holds, estimated from its structures' capacities: the
     /// filters and pages of its runs, and the open segment's keys.
     pub fn memory_bytes(&self) -> (u64, u64) {
         let runs: u64 = self
-            .runs
+            .stacks
             .iter()
-            .map(|r| r.bloom.bytes() + ((r.by_hash.capacity() + r.by_loc.capacity()) * 16) as u64)
+            .map(|s| {
+                s.filter.bytes()
+                    + s.runs
+                        .iter()
+                        .flatten()
+                        .map(|r| ((r.by_hash.capacity() + r.by_loc.capacity()) * 16) as u64)
+                        .sum::<u64>()
+            })
             .sum();
         let open = self.open.capacity() * (8 + 8 + 1)
             + self.open_more.capacity() * 16
             + self.open_order.capacity() * 16;
-        (self.gate.filter.usage().1, runs + open as u64)
+        let filter = self.gate.filter.as_ref().map_or(0, |f| f.usage().1);
+        (filter, runs + open as u64)
     }
 
     /// Forgets the runs of segments before `segment` (every key in them is gone) and removes
     /// their files.
     pub fn drop_before(&mut self, segment: u32) {
-        self.runs.retain(|r| {
-            let keep = r.segment >= segment;
-            if !keep {
-                // A file left behind is rewritten at the next open; nothing reads it.
-                let _ = std::fs::remove_file(&r.path);
+        for stack in &mut self.stacks {
+            for slot in &mut stack.runs {
+                if slot.as_ref().is_some_and(|r| r.segment < segment) {
+                    if let Some(run) = slot.take() {
+                        // A file left behind is rewritten at the next open; nothing reads it.
+                        let _ = std::fs::remove_file(&run.path);
+                    }
+                }
             }
-            keep
-        });
+        }
+        // A stack's memory goes with its last run.
+        self.stacks.retain(|s| s.runs.iter().any(Option::is_some));
     }
 }
 
@@ -386,7 +505,7 @@ mod tests {
 
     /// Keys spread over three segments, two of them closed into runs.
     fn table(dir: &Path, per_segment: u64) -> KeyTable {
-        let mut t = KeyTable::new(dir, "test");
+        let mut t = KeyTable::new(dir, "test", Gate::Filter);
         for segment in 0..3u32 {
             for i in 0..per_segment {
                 let n = u64::from(segment) * per_segment + i;
@@ -405,7 +524,7 @@ mod tests {
     fn every_key_is_found_where_it_was_put_in_memory_or_in_a_run() {
         let dir = tempfile::tempdir().unwrap();
         let t = table(dir.path(), 1000);
-        assert_eq!(t.runs.len(), 2);
+        assert_eq!(t.runs().count(), 2);
         for n in 0..3000u64 {
             let (segment, i) = ((n / 1000) as u32, n % 1000);
             let found = t.candidates(t.hash(&["t", &format!("k{n}")])).unwrap();
@@ -424,7 +543,7 @@ mod tests {
     #[test]
     fn keys_sharing_a_hash_are_all_candidates_newest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = KeyTable::new(dir.path(), "test");
+        let mut t = KeyTable::new(dir.path(), "test", Gate::Filter);
         // 600 entries of one hash span three pages of the run, then two more in memory.
         for i in 0..600 {
             t.insert(7, Loc::new(0, i), 0).unwrap();
@@ -478,9 +597,84 @@ mod tests {
     #[test]
     fn a_key_out_of_log_order_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = KeyTable::new(dir.path(), "test");
+        let mut t = KeyTable::new(dir.path(), "test", Gate::Filter);
         t.insert(1, Loc::new(0, 50), 0).unwrap();
         assert!(t.insert(2, Loc::new(0, 40), 0).is_err());
         assert!(t.insert(2, Loc::new(1, 60), 0).is_err());
+    }
+
+    #[test]
+    fn a_lookup_offers_the_newest_first_and_stops_at_the_first_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = KeyTable::new(dir.path(), "test", Gate::Filter);
+        for segment in 0..4u32 {
+            t.insert(7, Loc::new(segment, 10), 0).unwrap();
+            t.insert(8, Loc::new(segment, 20), 0).unwrap();
+            if segment < 3 {
+                t.close_segment().unwrap();
+            }
+        }
+        let mut offered = Vec::new();
+        let accepted = t
+            .find_newest(7, |loc| {
+                offered.push(loc);
+                Ok((loc.segment() == 1).then_some(loc))
+            })
+            .unwrap();
+        assert_eq!(accepted, Some(Loc::new(1, 10)));
+        // The open segment, then the runs newest first; segment 0's run was never read.
+        assert_eq!(
+            offered,
+            vec![Loc::new(3, 10), Loc::new(2, 10), Loc::new(1, 10)]
+        );
+        assert_eq!(t.find_newest(7, |_| Ok(None::<()>)).unwrap(), None);
+    }
+
+    #[test]
+    fn runs_of_many_sizes_stack_and_every_key_is_found_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = KeyTable::new(dir.path(), "test", Gate::None);
+        // 85 segments: 70 runs of 20 keys (more than a stack holds), then 10 of 300 (too many
+        // for the first stacks' filters), then 5 of 20 again.
+        let sizes: Vec<u64> = (0..85)
+            .map(|s| if (70..80).contains(&s) { 300 } else { 20 })
+            .collect();
+        let mut n = 0u64;
+        let mut placed = Vec::new();
+        for (segment, size) in sizes.iter().enumerate() {
+            for i in 0..*size {
+                let loc = Loc::new(segment as u32, 100 + i * 10);
+                t.insert(t.hash(&["t", &format!("k{n}")]), loc, n as i64)
+                    .unwrap();
+                placed.push(loc);
+                n += 1;
+            }
+            t.close_segment().unwrap();
+        }
+        assert_eq!(t.runs().count(), 85);
+        let layers: Vec<usize> = t.stacks.iter().map(|s| s.runs.len()).collect();
+        assert_eq!(layers, vec![RUNS_PER_STACK, 6, 10, 5]);
+        for (n, loc) in placed.iter().enumerate() {
+            let h = t.hash(&["t", &format!("k{n}")]);
+            let found = t.find_newest(h, |l| Ok((l == *loc).then_some(l))).unwrap();
+            assert_eq!(found, Some(*loc), "k{n}");
+        }
+        let order = t.order_from(Loc::new(0, 0), usize::MAX).unwrap();
+        assert_eq!(order.len(), placed.len());
+        assert!(order.iter().zip(&placed).all(|((l, _), p)| l == p));
+
+        // Dropping the runs before segment 66 empties the first stack (its memory goes) and
+        // part of the second; their files go, and their keys are no longer offered.
+        t.drop_before(66);
+        assert_eq!(t.runs().count(), 85 - 66);
+        assert_eq!(t.stacks.len(), 3);
+        assert!(!dir.path().join("0000000001.test").exists());
+        assert!(!dir.path().join("0000000066.test").exists());
+        assert!(dir.path().join("0000000067.test").exists());
+        for (n, loc) in placed.iter().enumerate() {
+            let h = t.hash(&["t", &format!("k{n}")]);
+            let found = t.find_newest(h, |l| Ok((l == *loc).then_some(l))).unwrap();
+            assert_eq!(found.is_some(), loc.segment() >= 66, "k{n}");
+        }
     }
 }

@@ -26,7 +26,9 @@
 
 mod frame;
 mod index;
-mod keys;
+/// The key index; public only for its microbenchmark (`benches/keys.rs`), not the store's API.
+#[doc(hidden)]
+pub mod keys;
 mod prehashed;
 mod segments;
 mod streams;
@@ -47,8 +49,10 @@ use marketgov_store::{
 };
 
 use crate::frame::{table_code, Record, StreamPrev};
+use crate::index::Index;
 pub use crate::index::IndexMemory;
-use crate::index::{Index, Loc};
+#[doc(hidden)]
+pub use crate::index::Loc;
 pub use crate::segments::SEGMENT_BYTES_MAX;
 use crate::streams::StreamSlot;
 
@@ -521,9 +525,9 @@ impl Store for LogStore {
             return Ok(None);
         }
         let index = self.index()?;
-        for loc in index.keys.candidates(hash)? {
+        index.keys.find_newest(hash, |loc| {
             if !index.key_kept(loc) {
-                continue;
+                return Ok(None);
             }
             match self.read(loc)? {
                 Record::IdempotencyPut {
@@ -533,22 +537,17 @@ impl Store for LogStore {
                     fingerprint,
                     created_at_ms,
                     response,
-                } => {
-                    if t == tenant && k == key {
-                        return Ok(Some(IdempotencyRecord {
-                            tenant: t,
-                            key: k,
-                            operation,
-                            fingerprint,
-                            response,
-                            created_at_ms,
-                        }));
-                    }
-                }
-                other => return Err(wrong_record(loc, "an idempotency record", &other)),
+                } => Ok((t == tenant && k == key).then_some(IdempotencyRecord {
+                    tenant: t,
+                    key: k,
+                    operation,
+                    fingerprint,
+                    response,
+                    created_at_ms,
+                })),
+                other => Err(wrong_record(loc, "an idempotency record", &other)),
             }
-        }
-        Ok(None)
+        })
     }
 
     /// Reads every kept record to sort their keys: O(records) per call. The engine does not

@@ -227,24 +227,18 @@ impl View<'_> {
     /// Where the durable record of `k` is, if it is still kept.
     fn durable_key(&self, k: &Key) -> Result<Option<Loc>, Error> {
         let (tenant, key) = (k.0.as_str(), k.1.as_str());
-        for loc in self
-            .index
-            .keys
-            .candidates(self.index.keys.hash(&[tenant, key]))?
-        {
+        let keys = &self.index.keys;
+        keys.find_newest(keys.hash(&[tenant, key]), |loc| {
             if !self.key_kept(loc) {
-                continue;
+                return Ok(None);
             }
-            if let Record::IdempotencyPut {
-                tenant: t, key: k, ..
-            } = self.segments.read(loc)?
-            {
-                if t == tenant && k == key {
-                    return Ok(Some(loc));
-                }
-            }
-        }
-        Ok(None)
+            Ok(match self.segments.read(loc)? {
+                Record::IdempotencyPut {
+                    tenant: t, key: k, ..
+                } if t == tenant && k == key => Some(loc),
+                _ => None,
+            })
+        })
     }
 
     /// Whether `k` is stored as the batch sees it.
@@ -260,23 +254,20 @@ impl View<'_> {
         if let Some(state) = self.overlays().find_map(|o| o.effects.get(key)) {
             return Ok(Some(*state));
         }
-        for at in self
-            .index
-            .effects
-            .candidates(self.index.effects.hash(&[key]))?
-        {
-            if let Record::OutboxPut { effect_key, .. } = self.segments.read(at)? {
-                if effect_key == key {
+        let effects = &self.index.effects;
+        effects.find_newest(effects.hash(&[key]), |at| {
+            Ok(match self.segments.read(at)? {
+                Record::OutboxPut { effect_key, .. } if effect_key == key => {
                     let state = if self.index.effect_pending(at) {
                         EffectState::Pending
                     } else {
                         EffectState::Settled
                     };
-                    return Ok(Some((state, Some(at))));
+                    Some((state, Some(at)))
                 }
-            }
-        }
-        Ok(None)
+                _ => None,
+            })
+        })
     }
 
     fn versioned(&self, k: &(u8, String)) -> u64 {
