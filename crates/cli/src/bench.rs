@@ -45,6 +45,7 @@ pub struct Settings {
     pub data_dir: Option<PathBuf>,
     pub shards: usize,
     pub streams_in_memory_max: usize,
+    pub snapshot_every_events: u64,
     /// `http://HOST:PORT` of a running server; `None`: in process.
     pub target: Option<String>,
     pub api_key: Option<String>,
@@ -504,6 +505,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         options.clock = Arc::new(ManualClock::starting_at("2026-01-01T00:00:00Z".parse()?));
         options.shards = settings.shards.max(1);
         options.streams_in_memory_max = settings.streams_in_memory_max.max(1);
+        options.snapshot_every_events = settings.snapshot_every_events.max(1);
         options.store_kind = settings.store;
         let app = App::open(options).with_context(|| format!("opening {}", dir.display()))?;
         run_on(&settings, Client::InProc(app)).await
@@ -803,6 +805,8 @@ fn report(
         "concurrency": settings.concurrency,
         "rate": settings.rate,
         "shards": if mode == "inproc" { json!(settings.shards) } else { Value::Null },
+        "streams_in_memory_max": if mode == "inproc" { json!(settings.streams_in_memory_max) } else { Value::Null },
+        "snapshot_every_events": if mode == "inproc" { json!(settings.snapshot_every_events) } else { Value::Null },
         "seed": settings.seed,
         "events": events,
         "requests": requests,

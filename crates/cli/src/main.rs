@@ -142,6 +142,9 @@ enum Command {
         /// Streams kept in memory (in process).
         #[arg(long, default_value_t = 20_000)]
         streams_in_memory_max: usize,
+        /// A snapshot every this many events per stream (in process; as `serve`'s).
+        #[arg(long, default_value_t = 64)]
+        snapshot_every_events: u64,
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
@@ -498,6 +501,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rate,
             shards,
             streams_in_memory_max,
+            snapshot_every_events,
             json,
             data_dir,
             store,
@@ -513,6 +517,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir,
                 shards,
                 streams_in_memory_max,
+                snapshot_every_events,
                 target,
                 api_key,
                 rate,
