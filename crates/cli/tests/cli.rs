@@ -213,3 +213,39 @@ fn the_bench_runs_on_the_log_store_with_the_same_answers_and_the_store_verifies(
     );
     assert!(String::from_utf8_lossy(&verify.stdout).contains(r#""ok":true"#));
 }
+
+/// With a stream cache of two streams and a snapshot every two events, nearly every event
+/// reloads its customer from a snapshot and the events after it: the answers are still all as
+/// expected, and the same as with the defaults, on both stores.
+#[test]
+fn the_bench_answers_the_same_when_every_customer_reloads_from_snapshots() {
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["bench", "--customers", "30", "--concurrency", "4", "--json"];
+        args.extend_from_slice(extra);
+        let out = marketgov(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("one JSON report")
+    };
+    let defaults = run(&[]);
+    let tight = [
+        "--streams-in-memory-max",
+        "2",
+        "--snapshot-every-events",
+        "2",
+    ];
+    for store in ["sqlite", "log"] {
+        let mut args = tight.to_vec();
+        args.extend_from_slice(&["--store", store]);
+        let report = run(&args);
+        assert_eq!(report["errors"], serde_json::json!({}), "{store}: {report}");
+        assert_eq!(report["snapshot_every_events"], 2, "{report}");
+        assert_eq!(report["streams_in_memory_max"], 2, "{report}");
+        for field in ["events", "requests", "timer_firings"] {
+            assert_eq!(report[field], defaults[field], "{store} {field}: {report}");
+        }
+    }
+}
