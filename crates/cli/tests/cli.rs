@@ -181,25 +181,27 @@ fn the_bench_runs_a_tiny_workload_and_checks_every_answer() {
     );
 }
 
+/// The JSON report of the bench's tiny workload (30 customers, 4 at a time) run with `extra`.
+fn tiny_bench(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["bench", "--customers", "30", "--concurrency", "4", "--json"];
+    args.extend_from_slice(extra);
+    let out = marketgov(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON report")
+}
+
 /// The same seeded workload on the log-structured store: every answer as expected, the same
 /// events as on SQLite, and the store it leaves verifies with `audit verify`.
 #[test]
 fn the_bench_runs_on_the_log_store_with_the_same_answers_and_the_store_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("log-data");
-    let run = |extra: &[&str]| -> serde_json::Value {
-        let mut args = vec!["bench", "--customers", "30", "--concurrency", "4", "--json"];
-        args.extend_from_slice(extra);
-        let out = marketgov(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("one JSON report")
-    };
-    let log = run(&["--store", "log", "--data-dir", data.to_str().unwrap()]);
-    let sqlite = run(&[]);
+    let log = tiny_bench(&["--store", "log", "--data-dir", data.to_str().unwrap()]);
+    let sqlite = tiny_bench(&[]);
     assert_eq!(log["errors"], serde_json::json!({}), "{log}");
     for field in ["events", "requests", "timer_firings"] {
         assert_eq!(log[field], sqlite[field], "{field}: {log} / {sqlite}");
@@ -219,18 +221,7 @@ fn the_bench_runs_on_the_log_store_with_the_same_answers_and_the_store_verifies(
 /// expected, and the same as with the defaults, on both stores.
 #[test]
 fn the_bench_answers_the_same_when_every_customer_reloads_from_snapshots() {
-    let run = |extra: &[&str]| -> serde_json::Value {
-        let mut args = vec!["bench", "--customers", "30", "--concurrency", "4", "--json"];
-        args.extend_from_slice(extra);
-        let out = marketgov(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("one JSON report")
-    };
-    let defaults = run(&[]);
+    let defaults = tiny_bench(&[]);
     let tight = [
         "--streams-in-memory-max",
         "2",
@@ -240,7 +231,7 @@ fn the_bench_answers_the_same_when_every_customer_reloads_from_snapshots() {
     for store in ["sqlite", "log"] {
         let mut args = tight.to_vec();
         args.extend_from_slice(&["--store", store]);
-        let report = run(&args);
+        let report = tiny_bench(&args);
         assert_eq!(report["errors"], serde_json::json!({}), "{store}: {report}");
         assert_eq!(report["snapshot_every_events"], 2, "{report}");
         assert_eq!(report["streams_in_memory_max"], 2, "{report}");
