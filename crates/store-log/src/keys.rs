@@ -11,8 +11,9 @@
 //! - When a segment is closed, its keys become a **run**: a file beside the segment
 //!   (`0000000001.idem`, ...) holding the `(hash, location)` pairs sorted by hash, then the
 //!   `(location, created)` pairs in log order (for the idempotency sweep). Memory keeps, per
-//!   run, a Bloom filter (about 11.6 bits per key, stacked: below) and the first entry and CRC32C of each 4 KiB
-//!   page (12 bytes per 256 keys); a page read from the file is checked against its CRC.
+//!   run, a Bloom filter (about 11.6 bits per key, stacked: below) and the first entry and
+//!   CRC32C of each 4 KiB page (12 bytes per 256 keys); a page read from the file is checked
+//!   against its CRC.
 //! - The runs' filters are stacked, up to [`RUNS_PER_STACK`] runs of about the same size in one
 //!   bit-sliced [`StackedBloom`], so that asking every run of a stack about a key reads its few
 //!   bit positions once instead of a cache line in each run's filter (at 10^7 events there are
