@@ -525,7 +525,7 @@ impl Store for LogStore {
             return Ok(None);
         }
         let index = self.index()?;
-        index.keys.find_newest(hash, |loc| {
+        index.keys.find_newest_past_gate(hash, |loc| {
             if !index.key_kept(loc) {
                 return Ok(None);
             }

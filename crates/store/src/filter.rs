@@ -28,8 +28,7 @@ const BLOCKED_BITS_FACTOR: f64 = 1.05;
 #[derive(Debug)]
 pub struct Bloom {
     words: Box<[AtomicU64]>,
-    blocks: u64,
-    hashes: u32,
+    shape: Shape,
     capacity: u64,
     false_positives: f64,
     inserted: AtomicU64,
@@ -83,24 +82,16 @@ impl Bloom {
             words: (0..shape.blocks as usize * BLOCK_WORDS)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
-            blocks: shape.blocks,
-            hashes: shape.hashes,
+            shape,
             capacity,
             false_positives,
             inserted: AtomicU64::new(0),
         }
     }
 
-    fn shape(&self) -> Shape {
-        Shape {
-            blocks: self.blocks,
-            hashes: self.hashes,
-        }
-    }
-
     /// Its memory, in bytes.
     pub fn bytes(&self) -> u64 {
-        self.blocks * BLOCK_BITS / 8
+        self.shape.blocks * BLOCK_BITS / 8
     }
 
     /// Keys inserted.
@@ -110,9 +101,8 @@ impl Bloom {
 
     /// The words and masks of `hash`'s bits.
     fn positions(&self, hash: u64) -> impl Iterator<Item = (usize, u64)> + '_ {
-        let shape = self.shape();
-        let base = shape.block(hash) * BLOCK_WORDS;
-        shape
+        let base = self.shape.block(hash) * BLOCK_WORDS;
+        self.shape
             .bits(hash)
             .map(move |bit| (base + (bit / 64) as usize, 1u64 << (bit % 64)))
     }
