@@ -46,6 +46,7 @@ pub struct Settings {
     pub shards: usize,
     pub streams_in_memory_max: usize,
     pub snapshot_every_events: u64,
+    pub snapshot_on_eviction_events: u64,
     /// `http://HOST:PORT` of a running server; `None`: in process.
     pub target: Option<String>,
     pub api_key: Option<String>,
@@ -506,6 +507,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         options.shards = settings.shards.max(1);
         options.streams_in_memory_max = settings.streams_in_memory_max.max(1);
         options.snapshot_every_events = settings.snapshot_every_events.max(1);
+        options.snapshot_on_eviction_events = settings.snapshot_on_eviction_events;
         options.store_kind = settings.store;
         let app = App::open(options).with_context(|| format!("opening {}", dir.display()))?;
         run_on(&settings, Client::InProc(app)).await
@@ -807,6 +809,8 @@ fn report(
         "shards": if mode == "inproc" { json!(settings.shards) } else { Value::Null },
         "streams_in_memory_max": if mode == "inproc" { json!(settings.streams_in_memory_max) } else { Value::Null },
         "snapshot_every_events": if mode == "inproc" { json!(settings.snapshot_every_events) } else { Value::Null },
+        "snapshot_on_eviction_events": if mode == "inproc" { json!(settings.snapshot_on_eviction_events) } else { Value::Null },
+        "snapshots_on_eviction": delta(&["snapshots_on_eviction"]),
         "seed": settings.seed,
         "events": events,
         "requests": requests,

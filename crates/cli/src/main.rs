@@ -145,6 +145,10 @@ enum Command {
         /// A snapshot every this many events per stream (in process; as `serve`'s).
         #[arg(long, default_value_t = 64)]
         snapshot_every_events: u64,
+        /// A customer dropped from memory with a timer pending and at least this many events
+        /// since its newest snapshot is snapshotted as it is dropped (in process; 0: never).
+        #[arg(long, default_value_t = 4)]
+        snapshot_on_eviction_events: u64,
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
@@ -502,6 +506,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             shards,
             streams_in_memory_max,
             snapshot_every_events,
+            snapshot_on_eviction_events,
             json,
             data_dir,
             store,
@@ -518,6 +523,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 shards,
                 streams_in_memory_max,
                 snapshot_every_events,
+                snapshot_on_eviction_events,
                 target,
                 api_key,
                 rate,

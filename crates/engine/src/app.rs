@@ -120,6 +120,8 @@ pub(crate) struct Inner {
     pub limits: crate::effects::Limits,
     /// Shards restarted by their supervisor after a panic.
     pub shard_restarts: std::sync::atomic::AtomicU64,
+    /// Snapshots written as customers were dropped from memory (`snapshot_on_eviction_events`).
+    pub snapshots_on_eviction: std::sync::atomic::AtomicU64,
     /// Conflicts found since start.
     pub conflicts: std::sync::atomic::AtomicU64,
     /// Nanoseconds spent inside the pure decision functions since start (compute).
@@ -254,6 +256,7 @@ impl App {
                 options.tenant_effects_burst,
             ),
             shard_restarts: std::sync::atomic::AtomicU64::new(0),
+            snapshots_on_eviction: std::sync::atomic::AtomicU64::new(0),
             conflicts: std::sync::atomic::AtomicU64::new(0),
             decide_nanos: std::sync::atomic::AtomicU64::new(0),
             handle_nanos: std::sync::atomic::AtomicU64::new(0),

@@ -123,6 +123,10 @@ pub struct EngineOptions {
     pub shard_commits_in_flight_max: usize,
     /// A snapshot every this many logged events per stream.
     pub snapshot_every_events: u64,
+    /// A customer dropped from memory with a timer pending and at least this many events
+    /// logged since its newest snapshot gets a snapshot as it is dropped (0: never): its timer
+    /// loads it again, and a load reads the snapshot instead of replaying those events.
+    pub snapshot_on_eviction_events: u64,
     /// How long idempotency keys are kept, in milliseconds (default 24 h).
     pub idempotency_window_ms: i64,
     /// Idempotency keys kept at most; the oldest go first beyond it.
@@ -157,6 +161,10 @@ impl std::fmt::Debug for EngineOptions {
             .field("shards", &self.shards)
             .field("shard_queue_max", &self.shard_queue_max)
             .field("snapshot_every_events", &self.snapshot_every_events)
+            .field(
+                "snapshot_on_eviction_events",
+                &self.snapshot_on_eviction_events,
+            )
             .field("idempotency_window_ms", &self.idempotency_window_ms)
             .finish_non_exhaustive()
     }
@@ -172,6 +180,7 @@ impl EngineOptions {
             streams_in_memory_max: 20_000,
             shard_commits_in_flight_max: 64,
             snapshot_every_events: 64,
+            snapshot_on_eviction_events: 4,
             idempotency_window_ms: 24 * 3600 * 1000,
             idempotency_keys_max: 10_000_000,
             tenant_effects_per_second: 10_000,

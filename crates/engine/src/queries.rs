@@ -270,6 +270,7 @@ impl App {
             "errors": self.inner().refused.load(std::sync::atomic::Ordering::Relaxed),
             "counted_since": "start of this process (conflicts, errors)",
             "shard_restarts": self.shard_restarts(),
+            "snapshots_on_eviction": self.inner().snapshots_on_eviction.load(std::sync::atomic::Ordering::Relaxed),
             "store_bytes": self.store().bytes_on_disk(),
             "store_cut_on_open_bytes": self.store().cut_on_open(),
             "timing_nanos": {

@@ -86,6 +86,8 @@ pub struct StreamState {
     pub customer: Option<Customer>,
     /// The product, for a product stream that exists.
     pub product: Option<Product>,
+    /// The version of the stream's newest snapshot this process wrote or loaded (0: none).
+    pub snapshot_version: u64,
 }
 
 /// What a snapshot holds.
@@ -136,6 +138,7 @@ pub fn rebuild(stream: &str, load: StreamLoad) -> Result<StreamState, Error> {
                 log_version: body.log_version,
                 customer: body.customer,
                 product: body.product,
+                snapshot_version: body.log_version,
             }
         }
     };

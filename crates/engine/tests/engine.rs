@@ -454,6 +454,94 @@ async fn a_new_customer_dropped_from_memory_is_read_back_from_the_store() {
     assert_eq!(paid.status, EventStatus::Completed, "{}", paid.json);
 }
 
+/// Drops `gated`'s customer c3 (its approval timer pending) from memory after three logged
+/// events, with `snapshot_on_eviction_events` at `min`; answers the store's load of its stream
+/// and the customer as it was before it was dropped.
+async fn evict_a_customer_with_a_timer(
+    min: u64,
+) -> (
+    tempfile::TempDir,
+    App,
+    marketgov_store::StreamLoad,
+    marketgov_core::Customer,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(t0());
+    let mut o = options(dir.path(), &clock);
+    o.shards = 1;
+    o.streams_in_memory_max = 1;
+    o.snapshot_every_events = 64;
+    o.snapshot_on_eviction_events = min;
+    let app = App::open(o).unwrap();
+    publish(&app, "t1", "gated", 5000, true).await;
+    app.submit_event("t1", Some("sub-c3"), subscribe("c3", "gated"))
+        .await
+        .unwrap();
+    app.submit_event("t1", Some("pay-c3"), pay("c3", 5000, "p1"))
+        .await
+        .unwrap();
+    app.submit_event("t1", Some("pay-c3b"), pay("c3", 5000, "p2"))
+        .await
+        .unwrap();
+    let before = app.customer("t1", "c3").await.unwrap().unwrap();
+    assert!(
+        !before.timers.is_empty(),
+        "c3 waits for approval: {before:?}"
+    );
+    // c2 takes c3's place in memory.
+    app.submit_event("t1", Some("sub-c2"), subscribe("c2", "gated"))
+        .await
+        .unwrap();
+    let written = if min > 0 {
+        until("the snapshot at eviction", || {
+            app.store()
+                .load_stream("customer:t1/c3")
+                .unwrap()
+                .snapshot
+                .is_some()
+        })
+        .await;
+        true
+    } else {
+        false
+    };
+    let load = app.store().load_stream("customer:t1/c3").unwrap();
+    assert_eq!(load.snapshot.is_some(), written);
+    (dir, app, load, before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_dropped_with_a_timer_pending_is_snapshotted_and_loads_from_it() {
+    let (_dir, app, load, before) = evict_a_customer_with_a_timer(2).await;
+    let snapshot = load.snapshot.expect("a snapshot at eviction");
+    assert_eq!(snapshot.version, 3, "at the last of its three events");
+    assert!(
+        load.events.is_empty(),
+        "nothing to replay: {:?}",
+        load.events
+    );
+    assert_eq!(app.stats().unwrap()["snapshots_on_eviction"], 1);
+    // Loaded from the snapshot, it is the customer that was dropped, and goes on from there.
+    assert_eq!(app.customer("t1", "c3").await.unwrap(), Some(before));
+    let paid = app
+        .submit_event("t1", Some("pay-c3c"), pay("c3", 5000, "p3"))
+        .await
+        .unwrap();
+    assert!(!paid.replayed);
+    let load = app.store().load_stream("customer:t1/c3").unwrap();
+    assert_eq!(load.snapshot.map(|s| s.version), Some(3));
+    assert_eq!(load.events.len(), 1, "the event after the snapshot");
+    assert!(app.audit_verify().unwrap().ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_snapshots_at_eviction_a_dropped_customer_replays_its_events() {
+    let (_dir, app, load, before) = evict_a_customer_with_a_timer(0).await;
+    assert_eq!(load.events.len(), 3);
+    assert_eq!(app.stats().unwrap()["snapshots_on_eviction"], 0);
+    assert_eq!(app.customer("t1", "c3").await.unwrap(), Some(before));
+}
+
 /// Releases a held batch when the test ends, however it ends (else the store's drop would wait
 /// for its writer forever).
 struct ReleaseOnDrop(Arc<FaultInjector>);
