@@ -122,6 +122,10 @@ pub(crate) struct Shard {
     /// Work for streams with a commit in flight, in arrival order: it is decided once that
     /// commit is acknowledged, on the state it made.
     waiting: TransientMap<String, VecDeque<Work>>,
+    /// Snapshots written as streams were dropped (`snapshot_on_eviction`) and not yet
+    /// acknowledged: nothing waits for them, so without this bound they could fill the store's
+    /// queue ahead of the decisions.
+    eviction_snapshots: VecDeque<Ack>,
     /// Items in `waiting`, all streams together: bounded by `shard_queue_max` like the mailbox,
     /// so a flood for one stream is refused at the mailbox instead of piling up here.
     waiting_len: usize,
@@ -129,10 +133,17 @@ pub(crate) struct Shard {
 
 /// A decision whose commit is on its way to the disk: memory changes and the caller is
 /// answered only once the store acknowledges the sync.
+/// The store's answer to one commit.
+type Ack = oneshot::Receiver<Result<marketgov_store::Receipt, marketgov_store::Error>>;
+
+/// Snapshots at eviction a shard has sent and the store not yet acknowledged, at most; beyond
+/// it a dropped stream gets none (its next load replays its events, as without the snapshot).
+const EVICTION_SNAPSHOTS_IN_FLIGHT_MAX: usize = 4;
+
 struct InFlight {
     stream: String,
     next: StreamState,
-    ack: oneshot::Receiver<Result<marketgov_store::Receipt, marketgov_store::Error>>,
+    ack: Ack,
     status: EventStatus,
     result_json: Box<serde_json::value::RawValue>,
     reply: oneshot::Sender<Result<Reply, Error>>,
@@ -187,6 +198,7 @@ impl Shard {
                 loaded: VecDeque::new(),
                 in_flight: VecDeque::new(),
                 waiting: TransientMap::default(),
+                eviction_snapshots: VecDeque::new(),
                 waiting_len: 0,
             };
             let run = tokio::spawn(shard.run(rx.clone()));
@@ -452,8 +464,9 @@ impl Shard {
     /// snapshot, so that the load reads one frame instead of replaying those events (at 10^7
     /// events the retry ladder loaded 111,000 such customers once per rung, about ten events
     /// each). The state dropped is durable (memory holds only acknowledged decisions) and
-    /// nothing waits for the snapshot: a refused or failed write only leaves the replay.
-    fn snapshot_on_eviction(&self, stream: &str, evicted: &StreamState) {
+    /// nothing waits for the snapshot: a refused or failed write only leaves the replay. At
+    /// most `EVICTION_SNAPSHOTS_IN_FLIGHT_MAX` a shard are unacknowledged.
+    fn snapshot_on_eviction(&mut self, stream: &str, evicted: &StreamState) {
         let min = self.inner.options.snapshot_on_eviction_events;
         let worth_it = min > 0
             && evicted.log_version >= evicted.snapshot_version + min
@@ -463,6 +476,11 @@ impl Shard {
                 .is_some_and(|c| !c.timers.is_empty())
             && !self.in_flight.iter().any(|f| f.stream == stream);
         if !worth_it {
+            return;
+        }
+        self.eviction_snapshots
+            .retain_mut(|ack| matches!(ack.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        if self.eviction_snapshots.len() >= EVICTION_SNAPSHOTS_IN_FLIGHT_MAX {
             return;
         }
         let Ok(body) = snapshot_body(evicted) else {
@@ -476,7 +494,8 @@ impl Shard {
             }],
             ..Commit::default()
         };
-        if self.inner.store.commit(commit).is_ok() {
+        if let Ok(ack) = self.inner.store.commit(commit) {
+            self.eviction_snapshots.push_back(ack);
             self.inner
                 .snapshots_on_eviction
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
