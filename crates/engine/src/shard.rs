@@ -131,8 +131,6 @@ pub(crate) struct Shard {
     waiting_len: usize,
 }
 
-/// A decision whose commit is on its way to the disk: memory changes and the caller is
-/// answered only once the store acknowledges the sync.
 /// The store's answer to one commit.
 type Ack = oneshot::Receiver<Result<marketgov_store::Receipt, marketgov_store::Error>>;
 
@@ -140,6 +138,8 @@ type Ack = oneshot::Receiver<Result<marketgov_store::Receipt, marketgov_store::E
 /// it a dropped stream gets none (its next load replays its events, as without the snapshot).
 const EVICTION_SNAPSHOTS_IN_FLIGHT_MAX: usize = 4;
 
+/// A decision whose commit is on its way to the disk: memory changes and the caller is
+/// answered only once the store acknowledges the sync.
 struct InFlight {
     stream: String,
     next: StreamState,
