@@ -113,6 +113,11 @@ pub trait Record: Clone + fmt::Debug + PartialEq {
     fn state(&self) -> Self::State;
 }
 
+/// A state's name or a sentence in a report. The governors' state names and most of their
+/// messages are static: a report borrows them instead of allocating a copy per event (one
+/// deserialized owns its text).
+pub type ReportText = std::borrow::Cow<'static, str>;
+
 /// A change a governor decides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision<R: Record> {
@@ -125,12 +130,12 @@ pub struct Decision<R: Record> {
     /// Timers to set or cancel.
     pub timers: Vec<TimerCommand>,
     /// Why, in a sentence, for the reply and the audit log.
-    pub message: String,
+    pub message: ReportText,
 }
 
 impl<R: Record> Decision<R> {
     /// A move to `next`.
-    pub fn to(next: R, message: impl Into<String>) -> Self {
+    pub fn to(next: R, message: impl Into<ReportText>) -> Self {
         Self {
             next,
             via: Vec::new(),
@@ -191,7 +196,7 @@ pub enum Verdict<R: Record> {
     /// The governor changes (possibly to the same state with new data).
     Changed(Decision<R>),
     /// The input does not concern this governor in its current state.
-    NotApplicable(String),
+    NotApplicable(ReportText),
 }
 
 /// The result of one governor decision.

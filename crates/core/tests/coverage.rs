@@ -23,7 +23,11 @@ fn record(decided: &Decided, seen: &mut BTreeSet<Move>) {
     };
     for g in reports {
         for (from, to) in g.steps() {
-            seen.insert((g.governor.name().to_owned(), from, to));
+            seen.insert((
+                g.governor.name().to_owned(),
+                from.map(String::from),
+                to.into_owned(),
+            ));
         }
     }
 }

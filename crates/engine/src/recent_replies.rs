@@ -80,11 +80,15 @@ impl RecentReplies {
         let generation = e.generation;
         e.order
             .push_back(((tenant.to_owned(), key.to_owned()), generation));
+        // The tenant's map is looked up by the borrowed name: its key is allocated only once,
+        // when the tenant's first answer enters.
+        if !e.by_key.contains_key(tenant) {
+            e.by_key.insert(tenant.to_owned(), TransientMap::default());
+        }
         let replaced = e
             .by_key
-            .entry(tenant.to_owned())
-            .or_default()
-            .insert(key.to_owned(), (generation, reply));
+            .get_mut(tenant)
+            .and_then(|keys| keys.insert(key.to_owned(), (generation, reply)));
         if replaced.is_none() {
             e.held += 1;
         }

@@ -408,9 +408,9 @@ pub fn decide(b: &Billing, input: &BillingInput, now: Timestamp) -> Decided<Bill
             check_currency(currency)?;
             if let Some(seen) = b.recorded(payment_id) {
                 return match seen.amount {
-                    Some(recorded) if recorded == *amount => Ok(Verdict::NotApplicable(format!(
-                        "payment {payment_id} already recorded: replay"
-                    ))),
+                    Some(recorded) if recorded == *amount => Ok(Verdict::NotApplicable(
+                        format!("payment {payment_id} already recorded: replay").into(),
+                    )),
                     Some(recorded) => Err(Rejection::PaymentAmountMismatch {
                         payment_id: payment_id.to_string(),
                         recorded,
@@ -429,9 +429,9 @@ pub fn decide(b: &Billing, input: &BillingInput, now: Timestamp) -> Decided<Bill
         } => {
             if let Some(seen) = b.recorded(payment_id) {
                 return match seen.amount {
-                    None => Ok(Verdict::NotApplicable(format!(
-                        "failure of {payment_id} already recorded"
-                    ))),
+                    None => Ok(Verdict::NotApplicable(
+                        format!("failure of {payment_id} already recorded").into(),
+                    )),
                     Some(_) => Err(Rejection::InvalidTransition {
                         state: b.state.as_str().to_owned(),
                         input: format!("payment_failed for settled payment {payment_id}"),
@@ -559,10 +559,9 @@ pub fn decide(b: &Billing, input: &BillingInput, now: Timestamp) -> Decided<Bill
                 ),
             )
         }
-        I::Refund { .. } => Ok(Verdict::NotApplicable(format!(
-            "no refund while {}",
-            b.state.as_str()
-        ))),
+        I::Refund { .. } => Ok(Verdict::NotApplicable(
+            format!("no refund while {}", b.state.as_str()).into(),
+        )),
         I::RefundProcessed { amount, currency } if b.state == S::Refunding => {
             check_currency(currency)?;
             let mut next = b.clone();

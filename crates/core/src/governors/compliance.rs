@@ -179,10 +179,9 @@ pub fn decide(c: &Compliance, input: &ComplianceInput, _now: Timestamp) -> Decid
                     "screen the customer (KYC/AML)",
                 )),
             )),
-            other => Ok(Verdict::NotApplicable(format!(
-                "already {}",
-                other.as_str()
-            ))),
+            other => Ok(Verdict::NotApplicable(
+                format!("already {}", other.as_str()).into(),
+            )),
         },
         I::Clear => match c.state {
             S::Cleared => Ok(Verdict::NotApplicable("already cleared".into())),
@@ -202,10 +201,9 @@ pub fn decide(c: &Compliance, input: &ComplianceInput, _now: Timestamp) -> Decid
             };
             // A flag never softens the state: a milder flag on a graver state changes nothing.
             if rank(to) <= rank(c.state) && rank(c.state) > 0 {
-                return Ok(Verdict::NotApplicable(format!(
-                    "already {}",
-                    c.state.as_str()
-                )));
+                return Ok(Verdict::NotApplicable(
+                    format!("already {}", c.state.as_str()).into(),
+                ));
             }
             Ok(Verdict::Changed(
                 Decision::to(

@@ -212,7 +212,7 @@ pub fn decide(a: &Account, input: &AccountInput, _now: Timestamp) -> Decided<Acc
     use AccountInput as I;
     let reject = || Rejection::invalid(Some(a.state), input.name());
     let changed = |d: Decision<Account>| Ok(Verdict::Changed(d));
-    let not_applicable = |why: String| Ok(Verdict::NotApplicable(why));
+    let not_applicable = |why: String| Ok(Verdict::NotApplicable(why.into()));
     let with = |state: S| Account { state, ..a.clone() };
 
     if a.state == S::Closed {

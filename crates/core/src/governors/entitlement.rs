@@ -361,7 +361,7 @@ fn decide_existing(
 ) -> Option<Decided<Entitlement>> {
     use EntitlementInput as I;
     let changed = |d: Decision<Entitlement>| Some(Ok(Verdict::Changed(d)));
-    let not_applicable = |why: &str| Some(Ok(Verdict::NotApplicable(why.to_owned())));
+    let not_applicable = |why: &'static str| Some(Ok(Verdict::NotApplicable(why.into())));
     let with = |state: S| Entitlement { state, ..e.clone() };
     let awaiting_approval = matches!(e.state, S::PendingApproval | S::Escalated);
     let has_access = matches!(e.state, S::Active | S::PendingPlanChange);

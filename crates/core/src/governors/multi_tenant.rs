@@ -174,7 +174,7 @@ pub fn decide(t: &TenantSlot, input: &TenantInput, now: Timestamp) -> Decided<Te
     let reject = || Rejection::invalid(Some(t.state), input.name());
     let with = |state: S| TenantSlot { state, ..t.clone() };
     let changed = |d: Decision<TenantSlot>| Ok(Verdict::Changed(d));
-    let not_applicable = |why: String| Ok(Verdict::NotApplicable(why));
+    let not_applicable = |why: String| Ok(Verdict::NotApplicable(why.into()));
     let contend = |why: String| {
         changed(
             Decision::to(with(S::Contended), why.clone())

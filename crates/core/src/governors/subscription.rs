@@ -372,10 +372,9 @@ pub fn decide(
         }
         I::PaymentMissed => match s.state {
             S::Active => changed(Decision::to(with(S::PastDue), "charge failed: past due")),
-            _ => Ok(Verdict::NotApplicable(format!(
-                "already {}",
-                s.state.as_str()
-            ))),
+            _ => Ok(Verdict::NotApplicable(
+                format!("already {}", s.state.as_str()).into(),
+            )),
         },
         I::ChangePlan {
             sku,

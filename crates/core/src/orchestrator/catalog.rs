@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::governor::{GovernorKind, GovernorState, Rejection, Verdict};
 use crate::governors::product_catalog::{self, Product, ProductInput, ProductState};
 use crate::input::{CatalogCommand, InputError};
+use crate::orchestrator::ReportText;
 use crate::timers::{TimerCommand, TimerKind};
 
 use super::{Effect, EventContext, EventStatus, GovernorReport, Outcome};
@@ -83,7 +84,7 @@ pub fn decide_catalog(
         }
     };
     let decided = product_catalog::decide(sku, current, &input, expected_version, ctx.now);
-    let name = |s: Option<ProductState>| s.map(|s| s.as_str().to_owned());
+    let name = |s: Option<ProductState>| s.map(|s| ReportText::Borrowed(s.as_str()));
     Ok(match decided {
         Ok(Verdict::Changed(d)) if d.is_allowed(from) => CatalogResult {
             event_id: ctx.event_id.clone(),
@@ -92,8 +93,8 @@ pub fn decide_catalog(
                 governor: GovernorKind::ProductCatalog,
                 outcome: Outcome::Success,
                 from: name(from),
-                via: d.via.iter().map(|s| s.as_str().to_owned()).collect(),
-                to: Some(d.next.state.as_str().to_owned()),
+                via: d.via.iter().map(|s| s.as_str().into()).collect(),
+                to: Some(d.next.state.as_str().into()),
                 message: d.message,
                 rejection: None,
             },
@@ -154,10 +155,10 @@ fn rejected(ctx: &EventContext, from: Option<ProductState>, rejection: Rejection
         governor: GovernorReport {
             governor: GovernorKind::ProductCatalog,
             outcome: Outcome::Failed,
-            from: from.map(|s| s.as_str().to_owned()),
+            from: from.map(|s| s.as_str().into()),
             via: Vec::new(),
             to: None,
-            message: rejection.to_string(),
+            message: rejection.to_string().into(),
             rejection: Some(rejection),
         },
         effects: Vec::new(),

@@ -19,6 +19,7 @@ pub use routes::{route, timer_route, ROUTES, TIMER_ROUTES};
 pub use steps::decide_event;
 
 use crate::customer::Customer;
+pub use crate::governor::ReportText;
 use crate::governor::{EffectKind, GovernorKind, Rejection};
 use crate::money::ProrationQuote;
 use crate::timers::TimerCommand;
@@ -121,14 +122,14 @@ pub struct GovernorReport {
     /// Its answer.
     pub outcome: Outcome,
     /// Its state before (`None`: no record yet).
-    pub from: Option<String>,
+    pub from: Option<ReportText>,
     /// States passed through between `from` and `to` within this event (usually none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub via: Vec<String>,
+    pub via: Vec<ReportText>,
     /// Its state after (`None` when it failed or has no record).
-    pub to: Option<String>,
+    pub to: Option<ReportText>,
     /// Why, in a sentence.
-    pub message: String,
+    pub message: ReportText,
     /// The typed reason when it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejection: Option<Rejection>,
@@ -229,7 +230,7 @@ pub struct EventResult {
 
 impl GovernorReport {
     /// The moves the report stands for, `(from, to)` step by step; empty when nothing moved.
-    pub fn steps(&self) -> Vec<(Option<String>, String)> {
+    pub fn steps(&self) -> Vec<(Option<ReportText>, ReportText)> {
         let moved = self.outcome == Outcome::Success
             || (self.outcome == Outcome::ConflictDetected
                 && (self.from != self.to || !self.via.is_empty()));

@@ -13,6 +13,7 @@ use crate::timers::TimerCommand;
 
 use super::{
     ConflictRecord, Effect, EventContext, EventResult, EventStatus, GovernorReport, Outcome, Phase,
+    ReportText,
 };
 
 /// The draft of one event's decision.
@@ -60,7 +61,7 @@ impl<'a> Run<'a> {
         from: Option<R::State>,
         decided: Decided<R>,
     ) -> Option<R> {
-        let from_name = from.map(|s| s.name().to_owned());
+        let from_name = from.map(|s| ReportText::Borrowed(s.name()));
         match decided {
             Ok(Verdict::Changed(decision)) => {
                 if !decision.is_allowed(from) {
@@ -86,8 +87,8 @@ impl<'a> Run<'a> {
                     governor,
                     outcome: Outcome::Success,
                     from: from_name,
-                    via: decision.via.iter().map(|s| s.name().to_owned()).collect(),
-                    to: Some(decision.next.state().name().to_owned()),
+                    via: decision.via.iter().map(|s| s.name().into()).collect(),
+                    to: Some(decision.next.state().name().into()),
                     message: decision.message,
                     rejection: None,
                 });
@@ -117,7 +118,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn fail(&mut self, governor: G, from: Option<String>, rejection: Rejection) {
+    fn fail(&mut self, governor: G, from: Option<ReportText>, rejection: Rejection) {
         self.failed = true;
         self.reports.push(GovernorReport {
             governor,
@@ -125,20 +126,20 @@ impl<'a> Run<'a> {
             from,
             via: Vec::new(),
             to: None,
-            message: rejection.to_string(),
+            message: rejection.to_string().into(),
             rejection: Some(rejection),
         });
     }
 
     /// A governor refuses for a reason found by the orchestrator (an unknown product, say).
     pub fn refuse(&mut self, governor: G, rejection: Rejection) {
-        let from = self.draft.state_of(governor).map(str::to_owned);
+        let from = self.draft.state_of(governor).map(ReportText::Borrowed);
         self.fail(governor, from, rejection);
     }
 
     /// A routed governor has nothing to do.
-    pub fn skip(&mut self, governor: G, message: impl Into<String>) {
-        let state = self.draft.state_of(governor).map(str::to_owned);
+    pub fn skip(&mut self, governor: G, message: impl Into<ReportText>) {
+        let state = self.draft.state_of(governor).map(ReportText::Borrowed);
         self.reports.push(GovernorReport {
             governor,
             outcome: Outcome::NotApplicable,
@@ -184,7 +185,7 @@ impl<'a> Run<'a> {
             }
             Outcome::NotApplicable | Outcome::ConflictDetected => {}
         }
-        earlier.message = format!("{}; {}", earlier.message, later.message);
+        earlier.message = format!("{}; {}", earlier.message, later.message).into();
     }
 
     /// Marks a governor's report as part of a conflict.
