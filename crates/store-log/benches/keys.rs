@@ -31,7 +31,9 @@ fn key(n: u64) -> String {
 /// `runs` closed segments and an open one, `KEYS_PER_RUN` keys each.
 fn table(runs: u32) -> Table {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let mut table = KeyTable::new(dir.path(), "bench", Gate::None);
+    let (hash_keys, _) = marketgov_store_log::hash_keys::HashKeys::load_or_create(dir.path())
+        .unwrap_or_else(|e| panic!("hash keys: {e}"));
+    let mut table = KeyTable::new(dir.path(), "bench", Gate::None, hash_keys.hash64("bench"));
     let mut n = 0;
     for segment in 0..=runs {
         for i in 0..KEYS_PER_RUN {

@@ -23,6 +23,7 @@ use std::path::Path;
 use marketgov_audit::{Checkpoint, Head};
 
 use crate::frame::{table_code, Record, StreamPrev};
+use crate::hash_keys::HashKeys;
 use crate::keys::{Gate, KeyTable};
 use crate::prehashed::PrehashedMap;
 use crate::streams::{NameHash, StreamTable};
@@ -162,20 +163,21 @@ pub const SEQ_MARK_EVERY: u64 = 64;
 pub struct Inconsistent(pub String);
 
 impl Index {
-    /// An empty index whose key runs go in `dir` (the segments' directory).
-    pub fn new(dir: &Path, effects_in_memory_max: usize) -> Self {
+    /// An empty index whose key runs go in `dir` (the segments' directory), its hashes keyed
+    /// by `keys`.
+    pub fn new(dir: &Path, effects_in_memory_max: usize, keys: &HashKeys) -> Self {
         Self {
             head: Head::default(),
             seq_marks: Vec::new(),
-            streams: StreamTable::new(dir),
-            keys: KeyTable::new(dir, "idem", Gate::Filter),
+            streams: StreamTable::new(dir, NameHash(keys.hash128("streams"))),
+            keys: KeyTable::new(dir, "idem", Gate::Filter, keys.hash64("idem")),
             keys_live: 0,
             keys_frontier: Loc::from_raw(0),
             keys_removed: BTreeSet::new(),
             timers: PrehashedMap::default(),
             timers_due: BTreeSet::new(),
-            timer_hash: NameHash::new(),
-            effects: KeyTable::new(dir, "effect", Gate::None),
+            timer_hash: NameHash(keys.hash128("timers")),
+            effects: KeyTable::new(dir, "effect", Gate::None, keys.hash64("effect")),
             pending: TransientMap::default(),
             effects_ready: BTreeSet::new(),
             effects_pending: 0,

@@ -4,8 +4,8 @@
 //!
 //! Keys are indexed by a 64-bit hash of the key; several keys may share a hash, so a lookup
 //! answers *candidate* locations and the caller reads each record and compares the key itself.
-//! The hash is SipHash under a random key drawn when the store opens, so nobody can craft keys
-//! that collide (a collision would only cost a read anyway).
+//! The hash is SipHash under a secret key of the store's (hash_keys.rs), so nobody can craft
+//! keys that collide (a collision would only cost a read anyway).
 //!
 //! - The keys of the open segment are in memory (`open`).
 //! - When a segment is closed, its keys become a **run**: a file beside the segment
@@ -31,7 +31,6 @@
 //! closed segments, is in docs/store-log.md.
 
 use std::fs::{File, OpenOptions};
-use std::hash::{BuildHasher, RandomState};
 use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -40,6 +39,7 @@ use std::sync::Arc;
 use marketgov_store::filter::{ScalableBloom, StackedBloom};
 use marketgov_store::Error;
 
+use crate::hash_keys::KeyedHash64;
 use crate::index::{Inconsistent, Loc};
 use crate::prehashed::PrehashedMap;
 
@@ -200,13 +200,13 @@ pub enum Gate {
 /// after it) finds the key's bits set without taking the lock.
 #[derive(Debug, Clone)]
 pub struct KeyGate {
-    hasher: RandomState,
+    hasher: KeyedHash64,
     filter: Option<Arc<ScalableBloom>>,
 }
 
 impl KeyGate {
     pub fn hash(&self, parts: &[&str]) -> u64 {
-        self.hasher.hash_one(parts)
+        self.hasher.one(parts)
     }
 
     /// `false` only when no record of the key was ever applied (always `true` without a
@@ -237,12 +237,12 @@ pub struct KeyTable {
 
 impl KeyTable {
     /// An empty table whose runs go in `dir` as `<segment>.<suffix>`.
-    pub fn new(dir: &Path, suffix: &'static str, gate: Gate) -> Self {
+    pub fn new(dir: &Path, suffix: &'static str, gate: Gate, hasher: KeyedHash64) -> Self {
         Self {
             dir: dir.to_owned(),
             suffix,
             gate: KeyGate {
-                hasher: RandomState::new(),
+                hasher,
                 filter: (gate == Gate::Filter)
                     .then(|| Arc::new(ScalableBloom::new(KEY_FILTER_BYTES_MAX))),
             },
@@ -515,9 +515,14 @@ mod tests {
 
     use super::*;
 
+    fn test_hash(dir: &Path) -> KeyedHash64 {
+        let (keys, _) = crate::hash_keys::HashKeys::load_or_create(dir).unwrap();
+        keys.hash64("test")
+    }
+
     /// Keys spread over three segments, two of them closed into runs.
     fn table(dir: &Path, per_segment: u64) -> KeyTable {
-        let mut t = KeyTable::new(dir, "test", Gate::Filter);
+        let mut t = KeyTable::new(dir, "test", Gate::Filter, test_hash(dir));
         for segment in 0..3u32 {
             for i in 0..per_segment {
                 let n = u64::from(segment) * per_segment + i;
@@ -555,7 +560,7 @@ mod tests {
     #[test]
     fn keys_sharing_a_hash_are_all_candidates_newest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = KeyTable::new(dir.path(), "test", Gate::Filter);
+        let mut t = KeyTable::new(dir.path(), "test", Gate::Filter, test_hash(dir.path()));
         // 600 entries of one hash span three pages of the run, then two more in memory.
         for i in 0..600 {
             t.insert(7, Loc::new(0, i), 0).unwrap();
@@ -609,7 +614,7 @@ mod tests {
     #[test]
     fn a_key_out_of_log_order_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = KeyTable::new(dir.path(), "test", Gate::Filter);
+        let mut t = KeyTable::new(dir.path(), "test", Gate::Filter, test_hash(dir.path()));
         t.insert(1, Loc::new(0, 50), 0).unwrap();
         assert!(t.insert(2, Loc::new(0, 40), 0).is_err());
         assert!(t.insert(2, Loc::new(1, 60), 0).is_err());
@@ -618,7 +623,7 @@ mod tests {
     #[test]
     fn a_lookup_offers_the_newest_first_and_stops_at_the_first_accepted() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = KeyTable::new(dir.path(), "test", Gate::Filter);
+        let mut t = KeyTable::new(dir.path(), "test", Gate::Filter, test_hash(dir.path()));
         for segment in 0..4u32 {
             t.insert(7, Loc::new(segment, 10), 0).unwrap();
             t.insert(8, Loc::new(segment, 20), 0).unwrap();
@@ -645,7 +650,7 @@ mod tests {
     #[test]
     fn runs_of_many_sizes_stack_and_every_key_is_found_until_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = KeyTable::new(dir.path(), "test", Gate::None);
+        let mut t = KeyTable::new(dir.path(), "test", Gate::None, test_hash(dir.path()));
         // 85 segments: 70 runs of 20 keys (more than a stack holds), then 10 of 300 (too many
         // for the first stacks' filters), then 5 of 20 again.
         let sizes: Vec<u64> = (0..85)

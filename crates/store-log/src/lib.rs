@@ -25,6 +25,7 @@
 //! durable is ever read, and no read waits for a sync.
 
 mod frame;
+pub mod hash_keys;
 mod index;
 /// The key index; public only for its microbenchmark (`benches/keys.rs`), not the store's API.
 #[doc(hidden)]
@@ -170,7 +171,8 @@ impl LogStore {
         })?;
         let log_dir = segments::dir_of(&options.dir);
         let segments = segments::Segments::default();
-        let mut index = Index::new(&log_dir, options.effects_in_memory_max);
+        let (hash_keys, _) = hash_keys::HashKeys::load_or_create(&log_dir)?;
+        let mut index = Index::new(&log_dir, options.effects_in_memory_max, &hash_keys);
         let opened = segments::open_all(&log_dir, &segments, &mut index)?;
         verify_tail(&index, &segments, options.verify_tail_entries)?;
         let key_gate = index.keys.gate();

@@ -19,12 +19,12 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::hash::{BuildHasher, RandomState};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use marketgov_store::Error;
 
+use crate::hash_keys::KeyedHash128;
 use crate::index::Loc;
 use crate::keys::write_run_file;
 use crate::prehashed::PrehashedMap;
@@ -134,18 +134,14 @@ impl NameRun {
     }
 }
 
-/// A 128-bit SipHash of names under two keys drawn when the store opens (see the module doc
-/// for why that stands in for the name).
-#[derive(Debug)]
-pub struct NameHash(RandomState, RandomState);
+/// A 128-bit SipHash of names under the store's keys (hash_keys.rs; see the module doc for why
+/// that stands in for the name).
+#[derive(Debug, Clone, Copy)]
+pub struct NameHash(pub KeyedHash128);
 
 impl NameHash {
-    pub fn new() -> Self {
-        Self(RandomState::new(), RandomState::new())
-    }
-
     pub fn of<T: std::hash::Hash + ?Sized>(&self, name: &T) -> u128 {
-        (u128::from(self.0.hash_one(name)) << 64) | u128::from(self.1.hash_one(name))
+        self.0.one(name)
     }
 }
 
@@ -166,10 +162,10 @@ pub struct StreamTable {
 }
 
 impl StreamTable {
-    pub fn new(dir: &Path) -> Self {
+    pub fn new(dir: &Path, hash: NameHash) -> Self {
         Self {
             dir: dir.to_owned(),
-            hash: NameHash::new(),
+            hash,
             slots: (0..SLOT_MAPS).map(|_| PrehashedMap::default()).collect(),
             overflow: HashMap::new(),
             open_names: BTreeSet::new(),
@@ -315,10 +311,15 @@ mod tests {
 
     use super::*;
 
+    fn test_hash(dir: &Path) -> NameHash {
+        let (keys, _) = crate::hash_keys::HashKeys::load_or_create(dir).unwrap();
+        NameHash(keys.hash128("streams"))
+    }
+
     #[test]
     fn names_are_listed_by_prefix_in_order_across_runs_and_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = StreamTable::new(dir.path());
+        let mut t = StreamTable::new(dir.path(), test_hash(dir.path()));
         let mut all = Vec::new();
         for segment in 0..4 {
             for i in 0..700 {
@@ -363,7 +364,7 @@ mod tests {
     #[test]
     fn a_name_whose_place_is_taken_by_another_is_kept_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = StreamTable::new(dir.path());
+        let mut t = StreamTable::new(dir.path(), test_hash(dir.path()));
         t.get_or_insert("a").version = 1;
         // Forge the collision: give "a"'s slot the place of "b", with "a"'s check bits.
         let (map_a, key_a, _) = t.place("a");
