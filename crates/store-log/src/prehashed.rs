@@ -1,5 +1,5 @@
 //! Maps keyed by a keyed hash: the index's stream slots, open-segment keys and timers are found
-//! by a SipHash of a name under keys drawn when the store opens, so the key is already uniform
+//! by a SipHash of a name under the store's secret keys (hash_keys.rs), so the key is already uniform
 //! and unpredictable. Hashing it again (the standard map hashes every key with SipHash) only
 //! costs time: these maps take the key itself as its hash.
 

@@ -916,7 +916,11 @@ fn the_hash_keys_are_drawn_once_and_kept_and_a_lost_file_loses_nothing_else() {
     step(&store, 9);
     let after = summary(&store);
     drop(store);
-    assert_eq!(std::fs::read(&keys).unwrap(), drawn, "the keys were drawn again");
+    assert_eq!(
+        std::fs::read(&keys).unwrap(),
+        drawn,
+        "the keys were drawn again"
+    );
 
     // Nothing derived under the keys is kept across opens yet: without the file, new keys are
     // drawn and every stream, key and timer is found as before.
