@@ -5,12 +5,12 @@
 //! (a load walks back to its snapshot; a snapshot is written every few dozen events).
 //!
 //! Why a hash and not the name: 1,000,000 customers' names would take more memory than the
-//! SPEC's whole budget. Two different names with the same 102 bits of SipHash under the store's keys
-//! are not expected in the life of any store (about 10^-17 for ten million streams); two
-//! that share the 70 bits that place a slot but not the 32 checked (about 10^-7) are told apart,
-//! the second kept by its whole name in a small map of its own; and
-//! a read never trusts the index alone: every frame read names its stream, and a frame of
-//! another stream is answered as corruption, not served.
+//! SPEC's whole budget. Two different names with the same 102 bits of SipHash under the
+//! store's keys are not expected in the life of any store (about 10^-17 for ten million
+//! streams); two that share the 70 bits that place a slot but not the 32 checked (about
+//! 10^-7) are told apart, the second kept by its whole name in a small map of its own; and a
+//! read never trusts the index alone: every frame read names its stream, and a frame of another
+//! stream is answered as corruption, not served.
 //!
 //! Names are kept for listing by prefix (`Store::streams`), on disk: each closed segment's new
 //! streams, sorted, in a name run file beside it (`0000000001.names`), with the first name and
