@@ -227,6 +227,54 @@ impl StackedBloom {
         Some(layer)
     }
 
+    /// Words of a layer's bitmap ([`StackedBloom::layer_bits`]): one bit per position.
+    pub fn layer_words(&self) -> usize {
+        self.positions().div_ceil(64)
+    }
+
+    /// Layer `layer`'s bits as a bitmap of the stack's positions (position `p` is bit `p % 64`
+    /// of word `p / 64`), to be kept on disk and put back by [`StackedBloom::push_layer_bits`]
+    /// into a stack made with the same capacity and rate. `None` for a layer it does not have.
+    pub fn layer_bits(&self, layer: usize) -> Option<Vec<u64>> {
+        if layer >= self.layers {
+            return None;
+        }
+        let mut bits = vec![0u64; self.layer_words()];
+        for p in 0..self.positions() {
+            let (w, shift) = Self::field(p, self.width);
+            if (self.words[w] >> (shift + layer as u32)) & 1 == 1 {
+                bits[p / 64] |= 1 << (p % 64);
+            }
+        }
+        Some(bits)
+    }
+
+    /// Adds a layer from the bitmap [`StackedBloom::layer_bits`] gave; answers its number, or
+    /// `None` (nothing changed) when the stack has [`STACKED_LAYERS_MAX`] layers or the bitmap
+    /// is not of this stack's shape (another length: positions come in whole 512-bit blocks,
+    /// so every bit of a bitmap of the right length is a position).
+    pub fn push_layer_bits(&mut self, bits: &[u64]) -> Option<usize> {
+        let layer = self.layers;
+        debug_assert_eq!(self.positions() % 64, 0);
+        if layer >= STACKED_LAYERS_MAX || bits.len() != self.layer_words() {
+            return None;
+        }
+        if layer as u32 >= self.width {
+            self.widen();
+        }
+        for (i, word) in bits.iter().enumerate() {
+            let mut rest = *word;
+            while rest != 0 {
+                let p = i * 64 + rest.trailing_zeros() as usize;
+                let (w, shift) = Self::field(p, self.width);
+                self.words[w] |= 1 << (shift + layer as u32);
+                rest &= rest - 1;
+            }
+        }
+        self.layers = layer + 1;
+        Some(layer)
+    }
+
     /// Bit `l` set: layer `l` may hold `hash`; clear: it certainly does not. `0` for none.
     pub fn may_contain(&self, hash: u64) -> u64 {
         if self.layers == 0 {
@@ -349,6 +397,45 @@ mod tests {
     fn h(i: u64) -> u64 {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         BuildHasherDefault::<DefaultHasher>::default().hash_one(i)
+    }
+
+    #[test]
+    fn a_layer_taken_out_as_bits_and_put_back_answers_as_before() {
+        let mut stack = StackedBloom::new(5_000, 0.005);
+        for layer in 0..12u64 {
+            stack.push_layer((0..5_000).map(|i| h(layer * 1_000_000 + i)));
+        }
+        // Put back in another order, into a stack of the same shape: every answer moves with
+        // its layer.
+        let order = [3usize, 0, 11, 7];
+        let mut copy = StackedBloom::new(5_000, 0.005);
+        for &layer in &order {
+            let bits = stack.layer_bits(layer).unwrap();
+            assert_eq!(bits.len(), stack.layer_words());
+            copy.push_layer_bits(&bits).unwrap();
+        }
+        // Hashes of the layers moved (each must stay maybe in its new place), and of none.
+        let held = order
+            .iter()
+            .flat_map(|&l| (0..5_000).map(move |i| h(l as u64 * 1_000_000 + i)));
+        let others = (0..100_000u64).map(|i| h(u64::MAX - i));
+        let mut maybes = 0;
+        for hash in held.chain(others) {
+            maybes += u64::from(copy.may_contain(hash).count_ones());
+            let original = stack.may_contain(hash);
+            let moved = copy.may_contain(hash);
+            for (to, &from) in order.iter().enumerate() {
+                assert_eq!((moved >> to) & 1, (original >> from) & 1, "hash {hash:x}");
+            }
+        }
+        assert!(maybes >= 4 * 5_000, "every held hash is maybe: {maybes}");
+        assert!(stack.layer_bits(12).is_none());
+        // A bitmap of another shape is refused, and changes nothing.
+        let other = StackedBloom::new(50_000, 0.005);
+        assert!(copy
+            .push_layer_bits(&vec![0; other.layer_words()])
+            .is_none());
+        assert_eq!(copy.layers(), order.len());
     }
 
     #[test]
