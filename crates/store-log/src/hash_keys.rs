@@ -163,6 +163,11 @@ impl std::fmt::Debug for KeyedHash64 {
 }
 
 impl KeyedHash64 {
+    /// A public name of this hash (its value of a fixed input), for files written under it.
+    pub fn id(&self) -> u64 {
+        self.one("marketgov hash id")
+    }
+
     pub fn one<T: Hash + ?Sized>(&self, value: &T) -> u64 {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         value.hash(&mut h);

@@ -27,8 +27,11 @@
 //!   written recently is found without asking older runs.
 //!
 //! Runs are derived data: this version writes them anew at every open (the open scans every
-//! segment anyway) and never syncs them. The plan to persist them, so that an open need not scan
-//! closed segments, is in docs/store-log.md.
+//! segment anyway) and never syncs them. Each run file ends with what memory keeps of it (its
+//! pages and its filter layer, `RUN_FOOTER_BYTES`), so that [`KeyTable::reopen_runs`] puts it
+//! back without reading its keys; nothing calls that yet: the index checkpoint that would say
+//! which runs to reopen, and sync them first, is not built (docs/store-log.md, "Not built yet",
+//! item 1).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -60,6 +63,28 @@ pub const RUNS_PER_STACK: usize = marketgov_store::filter::STACKED_LAYERS_MAX;
 /// A run joins the newest stack only if its keys are within this factor of what the stack was
 /// sized for (above, its filter would answer "maybe" too often; below, it would waste memory).
 const STACK_SIZE_SLACK: f64 = 1.25;
+
+/// A run file's last bytes: what memory keeps of the run, so that it reopens without reading
+/// its keys (docs/store-log.md, "Not built yet", item 1).
+///
+/// After the two sections come the pages of both (12 bytes each: first sort key, CRC32C), the
+/// run's layer of its stack's filter as a bitmap of the stack's positions
+/// ([`StackedBloom::layer_bits`]), and this footer: magic, the id of the hash the keys are
+/// under, the key count, the capacity the stack was made for, the bitmap's words, and a
+/// CRC32C of everything after the sections (the footer's own bytes before the CRC included).
+const RUN_FOOTER_BYTES: usize = 8 + 8 + 8 + 8 + 8 + 4 + 4;
+const RUN_MAGIC: &[u8; 8] = b"MGKRUN01";
+/// Bytes per page entry in the footer's page table.
+const PAGE_RECORD_BYTES: usize = 8 + 4;
+
+/// Where a closed segment's run sits among the stacked filters: stack by stack, the capacity
+/// each was made for and the segment of each layer (`None`: dropped). With the run files, this
+/// is all it takes to put the runs back as they were ([`KeyTable::reopen_runs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackPlan {
+    pub capacity: u64,
+    pub layers: Vec<Option<u32>>,
+}
 
 /// What memory keeps of one page of a run file.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +133,89 @@ impl Run {
             return Err(corrupt("the index page does not match its checksum".into()));
         }
         Ok(buf)
+    }
+
+    /// Reopens the run of `segment` from its file: its pages and its filter layer from the
+    /// footer, checked against its CRC, the hash id and the stack's capacity it must have been
+    /// written under. The keys themselves are not read.
+    fn open(
+        dir: &Path,
+        suffix: &str,
+        segment: u32,
+        hash_id: u64,
+        capacity: u64,
+    ) -> Result<(Self, Vec<u64>), Error> {
+        let path = run_path(dir, segment, suffix);
+        let corrupt = |detail: String| Error::Corrupt {
+            location: path.display().to_string(),
+            detail,
+        };
+        let file = File::open(&path).map_err(|e| corrupt(format!("unreadable: {e}")))?;
+        let len = file
+            .metadata()
+            .map_err(|e| corrupt(format!("unreadable: {e}")))?
+            .len();
+        let mut footer = [0u8; RUN_FOOTER_BYTES];
+        let footer_at = len
+            .checked_sub(RUN_FOOTER_BYTES as u64)
+            .ok_or_else(|| corrupt("shorter than its footer".into()))?;
+        file.read_exact_at(&mut footer, footer_at)
+            .map_err(|e| corrupt(format!("unreadable: {e}")))?;
+        let field = |i: usize| le(&footer[8 + i * 8..16 + i * 8]);
+        if &footer[..8] != RUN_MAGIC {
+            return Err(corrupt("not a run file of this version".into()));
+        }
+        let (id, count, stack_capacity, words) = (field(0), field(1), field(2), field(3));
+        if id != hash_id || stack_capacity != capacity {
+            return Err(corrupt(format!(
+                "written under another hash or stack (capacity {stack_capacity}, expected {capacity})"
+            )));
+        }
+        let count = usize::try_from(count).map_err(|_| corrupt("too many keys".into()))?;
+        let pages = count.div_ceil(PAGE_ENTRIES);
+        let tail = (2 * pages * PAGE_RECORD_BYTES) as u64 + words.saturating_mul(8);
+        let sections = (2 * count * ENTRY_BYTES) as u64;
+        if sections.checked_add(tail) != Some(footer_at) {
+            return Err(corrupt(format!(
+                "{len} bytes, which does not fit {count} keys and {words} filter words"
+            )));
+        }
+        let mut rest = vec![0u8; tail as usize];
+        file.read_exact_at(&mut rest, sections)
+            .map_err(|e| corrupt(format!("unreadable: {e}")))?;
+        let mut crc = crc32c::crc32c(&rest);
+        crc = crc32c::crc32c_append(crc, &footer[..RUN_FOOTER_BYTES - 8]);
+        if crc.to_le_bytes() != footer[RUN_FOOTER_BYTES - 8..RUN_FOOTER_BYTES - 4] {
+            return Err(corrupt(
+                "the run's footer does not match its checksum".into(),
+            ));
+        }
+        let page_records = |from: usize| -> Vec<Page> {
+            rest[from..from + pages * PAGE_RECORD_BYTES]
+                .chunks_exact(PAGE_RECORD_BYTES)
+                .map(|r| Page {
+                    first: le(&r[..8]),
+                    crc: u32::from_le_bytes([r[8], r[9], r[10], r[11]]),
+                })
+                .collect()
+        };
+        let by_hash = page_records(0);
+        let by_loc = page_records(pages * PAGE_RECORD_BYTES);
+        let bits = rest[2 * pages * PAGE_RECORD_BYTES..]
+            .chunks_exact(8)
+            .map(le)
+            .collect();
+        Ok((
+            Self {
+                segment,
+                path,
+                file,
+                count,
+                by_hash,
+                by_loc,
+            },
+            bits,
+        ))
     }
 
     /// Locations of entries with `hash`, in log order.
@@ -165,7 +273,7 @@ pub(crate) fn write_run_file(
     suffix: &str,
     bytes: &[u8],
 ) -> Result<(PathBuf, File), Error> {
-    let path = dir.join(format!("{:010}.{suffix}", segment + 1));
+    let path = run_path(dir, segment, suffix);
     let io = |e: std::io::Error| Error::Storage(format!("{}: {e}", path.display()));
     let mut file = OpenOptions::new()
         .read(true)
@@ -176,6 +284,11 @@ pub(crate) fn write_run_file(
         .map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     Ok((path, file))
+}
+
+/// The run file of `segment` (numbered from 0): `<segment + 1>.<suffix>` in `dir`.
+fn run_path(dir: &Path, segment: u32, suffix: &str) -> PathBuf {
+    dir.join(format!("{:010}.{suffix}", segment + 1))
 }
 
 fn le(b: &[u8]) -> u64 {
@@ -439,33 +552,127 @@ impl KeyTable {
         };
         let hash_pages = section(&by_hash, &mut buf);
         let loc_pages = section(&by_loc, &mut buf);
-        let (path, file) = write_run_file(&self.dir, segment, self.suffix, &buf)?;
-        let run = Run {
-            segment,
-            path,
-            file,
-            count,
-            by_hash: hash_pages,
-            by_loc: loc_pages,
-        };
         if !self.stacks.last().is_some_and(|s| s.takes(count)) {
             self.stacks.push(RunStack {
                 filter: StackedBloom::new(count as u64, RUN_FALSE_POSITIVES),
                 runs: Vec::with_capacity(RUNS_PER_STACK),
             });
         }
-        if let Some(stack) = self.stacks.last_mut() {
-            // `takes` keeps a stack under both its bound and the filter's.
-            debug_assert!(stack.runs.len() < RUNS_PER_STACK);
-            if stack.filter.push_layer(by_hash.iter().map(|(h, _)| *h)) == Some(stack.runs.len()) {
-                stack.runs.push(Some(run));
-            } else {
-                return Err(Error::Storage(format!(
-                    "the filter of run {} could not be stacked",
-                    run.path.display()
-                )));
-            }
+        let stack = self
+            .stacks
+            .last_mut()
+            .ok_or_else(|| Error::Storage("no stack for a run".into()))?;
+        // `takes` keeps a stack under both its bound and the filter's.
+        debug_assert!(stack.runs.len() < RUNS_PER_STACK);
+        let layer = stack.runs.len();
+        // The layer's bitmap is what the footer keeps; the stack takes the same bits.
+        let bits = stack.filter.bitmap_of(by_hash.iter().map(|(h, _)| *h));
+        if stack.filter.push_layer_bits(&bits) != Some(layer) {
+            return Err(Error::Storage(format!(
+                "the filter of run {} could not be stacked",
+                run_path(&self.dir, segment, self.suffix).display()
+            )));
         }
+        let footer_from = buf.len();
+        for page in hash_pages.iter().chain(&loc_pages) {
+            buf.extend_from_slice(&page.first.to_le_bytes());
+            buf.extend_from_slice(&page.crc.to_le_bytes());
+        }
+        for word in &bits {
+            buf.extend_from_slice(&word.to_le_bytes());
+        }
+        buf.extend_from_slice(RUN_MAGIC);
+        for field in [
+            self.gate.hasher.id(),
+            count as u64,
+            stack.filter.capacity(),
+            bits.len() as u64,
+        ] {
+            buf.extend_from_slice(&field.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&buf[footer_from..]);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        buf.extend_from_slice(&[0; 4]);
+        let (path, file) = write_run_file(&self.dir, segment, self.suffix, &buf)?;
+        stack.runs.push(Some(Run {
+            segment,
+            path,
+            file,
+            count,
+            by_hash: hash_pages,
+            by_loc: loc_pages,
+        }));
+        Ok(())
+    }
+
+    /// The stacks' plan, for reopening the runs from their files ([`KeyTable::reopen_runs`]).
+    pub fn stack_plan(&self) -> Vec<StackPlan> {
+        self.stacks
+            .iter()
+            .map(|s| StackPlan {
+                capacity: s.filter.capacity(),
+                layers: s
+                    .runs
+                    .iter()
+                    .map(|r| r.as_ref().map(|r| r.segment))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Puts back the runs of closed segments from their files as `plan` places them (a dropped
+    /// layer stays empty), in a table that has none yet; keys go on to the segment after
+    /// `open_segment`. Nothing of a run's keys is read: its pages and filter layer come from
+    /// its footer. A missing or damaged file, or one written under another hash or stack, is
+    /// named and nothing is kept.
+    pub fn reopen_runs(&mut self, plan: &[StackPlan], open_segment: u32) -> Result<(), Error> {
+        if !self.stacks.is_empty() || !self.open_order.is_empty() {
+            return Err(Error::Storage(
+                "runs are put back only into an empty table".into(),
+            ));
+        }
+        let mut stacks = Vec::with_capacity(plan.len());
+        for p in plan {
+            let mut stack = RunStack {
+                filter: StackedBloom::new(p.capacity, RUN_FALSE_POSITIVES),
+                runs: Vec::with_capacity(p.layers.len()),
+            };
+            for layer in &p.layers {
+                let run = match layer {
+                    Some(segment) if *segment < open_segment => {
+                        let (run, bits) = Run::open(
+                            &self.dir,
+                            self.suffix,
+                            *segment,
+                            self.gate.hasher.id(),
+                            p.capacity,
+                        )?;
+                        if stack.filter.push_layer_bits(&bits).is_none() {
+                            return Err(Error::Corrupt {
+                                location: run.path.display().to_string(),
+                                detail: "its filter layer does not fit its stack".into(),
+                            });
+                        }
+                        Some(run)
+                    }
+                    Some(segment) => {
+                        return Err(Error::Storage(format!(
+                            "a run of segment {segment} in a plan open at {open_segment}"
+                        )))
+                    }
+                    None => {
+                        // A dropped run keeps its place: an empty layer answers "no" always.
+                        let empty = vec![0; stack.filter.layer_words()];
+                        stack.filter.push_layer_bits(&empty);
+                        None
+                    }
+                };
+                stack.runs.push(run);
+            }
+            stacks.push(stack);
+        }
+        self.stacks = stacks;
+        self.open_segment = open_segment;
         Ok(())
     }
 
@@ -693,5 +900,102 @@ mod tests {
             let found = t.find_newest(h, |l| Ok((l == *loc).then_some(l))).unwrap();
             assert_eq!(found.is_some(), loc.segment() >= 66, "k{n}");
         }
+    }
+
+    #[test]
+    fn runs_reopened_from_their_files_answer_as_the_table_that_wrote_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = test_hash(dir.path());
+        let mut t = KeyTable::new(dir.path(), "test", Gate::None, hash);
+        // Stacks of two shapes (runs of 20 and of 300 keys), some runs dropped, two keys
+        // sharing a hash across runs, and an open segment whose keys stay in memory.
+        let mut n = 0u64;
+        let mut keys = Vec::new();
+        for segment in 0..40u32 {
+            let size = if (30..34).contains(&segment) { 300 } else { 20 };
+            for i in 0..size {
+                let key = format!("k{n}");
+                let loc = Loc::new(segment, 100 + i * 10);
+                t.insert(t.hash(&["t", &key]), loc, n as i64).unwrap();
+                keys.push(key);
+                n += 1;
+            }
+            if segment % 7 == 3 {
+                t.insert(
+                    t.hash(&["t", "shared"]),
+                    Loc::new(segment, 100 + size * 10),
+                    0,
+                )
+                .unwrap();
+            }
+            if segment < 39 {
+                t.close_segment().unwrap();
+            }
+        }
+        t.drop_before(5);
+        let plan = t.stack_plan();
+        assert!(plan.len() >= 3, "{plan:?}");
+        assert!(plan[0].layers[..5].iter().all(Option::is_none));
+        let answers = |t: &KeyTable| {
+            let mut all: Vec<Vec<Loc>> = keys
+                .iter()
+                .chain(std::iter::once(&"shared".to_owned()))
+                .chain(
+                    (0..2_000)
+                        .map(|i| format!("new{i}"))
+                        .collect::<Vec<_>>()
+                        .iter(),
+                )
+                .map(|k| t.candidates(t.hash(&["t", k])).unwrap())
+                .collect();
+            all.push(
+                t.order_from(Loc::new(0, 0), usize::MAX)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(l, _)| l)
+                    .collect(),
+            );
+            all
+        };
+        // The open segment's keys are not in runs: compare what the closed ones answer.
+        let mut closed = KeyTable::new(dir.path(), "test", Gate::None, hash);
+        closed.reopen_runs(&plan, 39).unwrap();
+        let mut written = KeyTable::new(dir.path(), "test", Gate::None, hash);
+        written.stacks = std::mem::take(&mut t.stacks);
+        written.open_segment = 39;
+        let expected = answers(&written);
+        assert!(expected.iter().filter(|c| !c.is_empty()).count() > 600);
+        assert_eq!(answers(&closed), expected);
+        assert_eq!(closed.stack_plan(), plan);
+
+        // Another hash, another stack shape, a changed footer byte: named, nothing kept.
+        let mut other = KeyTable::new(
+            dir.path(),
+            "test",
+            Gate::None,
+            test_hash(&dir.path().join("x")),
+        );
+        assert!(matches!(
+            other.reopen_runs(&plan, 39),
+            Err(Error::Corrupt { .. })
+        ));
+        let mut reshaped = plan.clone();
+        reshaped[0].capacity += 1;
+        let mut t2 = KeyTable::new(dir.path(), "test", Gate::None, hash);
+        assert!(matches!(
+            t2.reopen_runs(&reshaped, 39),
+            Err(Error::Corrupt { .. })
+        ));
+        let path = dir.path().join("0000000010.test");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - RUN_FOOTER_BYTES - 3;
+        bytes[at] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut t3 = KeyTable::new(dir.path(), "test", Gate::None, hash);
+        assert!(matches!(
+            t3.reopen_runs(&plan, 39),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(t3.stacks.is_empty());
     }
 }

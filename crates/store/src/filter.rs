@@ -249,6 +249,20 @@ impl StackedBloom {
         Some(bits)
     }
 
+    /// The bitmap a layer holding `hashes` would have ([`StackedBloom::layer_bits`] after
+    /// [`StackedBloom::push_layer`]), without adding it: one pass over the hashes.
+    pub fn bitmap_of(&self, hashes: impl IntoIterator<Item = u64>) -> Vec<u64> {
+        let mut bits = vec![0u64; self.layer_words()];
+        for hash in hashes {
+            let base = self.shape.block(hash) * BLOCK_BITS as usize;
+            for bit in self.shape.bits(hash) {
+                let p = base + bit as usize;
+                bits[p / 64] |= 1 << (p % 64);
+            }
+        }
+        bits
+    }
+
     /// Adds a layer from the bitmap [`StackedBloom::layer_bits`] gave; answers its number, or
     /// `None` (nothing changed) when the stack has [`STACKED_LAYERS_MAX`] layers or the bitmap
     /// is not of this stack's shape (another length: positions come in whole 512-bit blocks,
@@ -409,6 +423,10 @@ mod tests {
         // its layer.
         let order = [3usize, 0, 11, 7];
         let mut copy = StackedBloom::new(5_000, 0.005);
+        for layer in 0..12u64 {
+            let of = stack.bitmap_of((0..5_000).map(|i| h(layer * 1_000_000 + i)));
+            assert_eq!(Some(of), stack.layer_bits(layer as usize));
+        }
         for &layer in &order {
             let bits = stack.layer_bits(layer).unwrap();
             assert_eq!(bits.len(), stack.layer_words());
