@@ -67,12 +67,100 @@ struct NamePage {
 /// One closed segment's new stream names, sorted, on disk.
 #[derive(Debug)]
 struct NameRun {
+    segment: u32,
     path: PathBuf,
     file: File,
     pages: Vec<NamePage>,
 }
 
+/// A name run file ends with its page table (per page: its first name, `u16` length and bytes;
+/// its offset, `u64`; its length and CRC32C, `u32` each) and this footer: magic, the page count,
+/// the page table's bytes, and a CRC32C of the table and the footer before it, so that the run
+/// reopens without reading its names ([`StreamTable::reopen_runs`]).
+const NAME_FOOTER_BYTES: usize = 8 + 8 + 8 + 4 + 4;
+const NAME_MAGIC: &[u8; 8] = b"MGNRUN01";
+
 impl NameRun {
+    /// Reopens the name run of `segment` from its footer (the names are not read).
+    fn open(dir: &Path, segment: u32) -> Result<Self, Error> {
+        let path = dir.join(format!("{:010}.names", segment + 1));
+        let corrupt = |detail: String| Error::Corrupt {
+            location: path.display().to_string(),
+            detail,
+        };
+        let unreadable = |e: std::io::Error| corrupt(format!("unreadable: {e}"));
+        let file = File::open(&path).map_err(unreadable)?;
+        let len = file.metadata().map_err(unreadable)?.len();
+        let footer_at = len
+            .checked_sub(NAME_FOOTER_BYTES as u64)
+            .ok_or_else(|| corrupt("shorter than its footer".into()))?;
+        let mut footer = [0u8; NAME_FOOTER_BYTES];
+        file.read_exact_at(&mut footer, footer_at)
+            .map_err(unreadable)?;
+        if &footer[..8] != NAME_MAGIC {
+            return Err(corrupt("not a name run of this version".into()));
+        }
+        let field = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&footer[8 + i * 8..16 + i * 8]);
+            u64::from_le_bytes(b)
+        };
+        let (count, table_bytes) = (field(0), field(1));
+        let table_at = footer_at
+            .checked_sub(table_bytes)
+            .ok_or_else(|| corrupt("its page table does not fit".into()))?;
+        let mut table =
+            vec![0u8; usize::try_from(table_bytes).map_err(|_| corrupt("too big".into()))?];
+        file.read_exact_at(&mut table, table_at)
+            .map_err(unreadable)?;
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&table), &footer[..24]);
+        if crc.to_le_bytes() != footer[24..28] {
+            return Err(corrupt(
+                "the name run's footer does not match its checksum".into(),
+            ));
+        }
+        let mut pages = Vec::new();
+        let mut at = 0usize;
+        let short = || corrupt("its page table is cut short".into());
+        while at < table.len() {
+            let n = table
+                .get(at..at + 2)
+                .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+                .ok_or_else(short)?;
+            let first = table
+                .get(at + 2..at + 2 + n)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or_else(short)?
+                .to_owned();
+            let rest = table.get(at + 2 + n..at + 2 + n + 16).ok_or_else(short)?;
+            let mut offset = [0u8; 8];
+            offset.copy_from_slice(&rest[..8]);
+            let page = NamePage {
+                first,
+                offset: u64::from_le_bytes(offset),
+                len: u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]),
+                crc: u32::from_le_bytes([rest[12], rest[13], rest[14], rest[15]]),
+            };
+            if page.offset + u64::from(page.len) > table_at {
+                return Err(corrupt("a page lies past the names".into()));
+            }
+            pages.push(page);
+            at += 2 + n + 16;
+        }
+        if pages.len() as u64 != count {
+            return Err(corrupt(format!(
+                "{} pages, the footer says {count}",
+                pages.len()
+            )));
+        }
+        Ok(Self {
+            segment,
+            path,
+            file,
+            pages,
+        })
+    }
+
     fn page(&self, p: &NamePage) -> Result<Vec<String>, Error> {
         let mut buf = vec![0u8; p.len as usize];
         let corrupt = |detail: String| Error::Corrupt {
@@ -300,8 +388,54 @@ impl StreamTable {
         if let Some(f) = first.take() {
             close(&buf, page_start, f, &mut pages);
         }
+        let table_at = buf.len();
+        for p in &pages {
+            // A name is at most `u16::MAX` bytes (checked above), so its length fits.
+            buf.extend_from_slice(&(p.first.len() as u16).to_le_bytes());
+            buf.extend_from_slice(p.first.as_bytes());
+            buf.extend_from_slice(&p.offset.to_le_bytes());
+            buf.extend_from_slice(&p.len.to_le_bytes());
+            buf.extend_from_slice(&p.crc.to_le_bytes());
+        }
+        let table_bytes = (buf.len() - table_at) as u64;
+        let footer_at = buf.len();
+        buf.extend_from_slice(NAME_MAGIC);
+        buf.extend_from_slice(&(pages.len() as u64).to_le_bytes());
+        buf.extend_from_slice(&table_bytes.to_le_bytes());
+        let crc =
+            crc32c::crc32c_append(crc32c::crc32c(&buf[table_at..footer_at]), &buf[footer_at..]);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        buf.extend_from_slice(&[0; 4]);
         let (path, file) = write_run_file(&self.dir, segment, "names", &buf)?;
-        Ok(NameRun { path, file, pages })
+        Ok(NameRun {
+            segment,
+            path,
+            file,
+            pages,
+        })
+    }
+
+    /// The closed segments that have a name run, oldest first (for reopening them).
+    pub fn name_run_segments(&self) -> Vec<u32> {
+        self.runs.iter().map(|r| r.segment).collect()
+    }
+
+    /// Puts back the name runs of `segments` from their files, in a table that has none yet;
+    /// new names go on to the segment `open_segment`. A missing or damaged file is named and
+    /// nothing is kept.
+    pub fn reopen_runs(&mut self, segments: &[u32], open_segment: u32) -> Result<(), Error> {
+        if !self.runs.is_empty() || !self.open_names.is_empty() {
+            return Err(Error::Storage(
+                "name runs are put back only into an empty table".into(),
+            ));
+        }
+        let runs = segments
+            .iter()
+            .map(|s| NameRun::open(&self.dir, *s))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.runs = runs;
+        self.open_segment = open_segment;
+        Ok(())
     }
 }
 
@@ -359,6 +493,45 @@ mod tests {
         assert!(t.list("nothing:", "", 10).unwrap().is_empty());
         assert_eq!(t.get("customer:t/c00007").map(|s| s.version), Some(1));
         assert!(t.get("customer:t/c99999").is_none());
+    }
+
+    #[test]
+    fn name_runs_reopened_from_their_files_list_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = StreamTable::new(dir.path(), test_hash(dir.path()));
+        for segment in 0..5u32 {
+            if segment == 2 {
+                t.close_segment().unwrap(); // a segment with no new names has no run
+                continue;
+            }
+            for i in 0..900 {
+                t.get_or_insert(&format!("customer:t/c{:05}-{segment}", i * 7 % 900));
+            }
+            t.close_segment().unwrap();
+        }
+        let segments = t.name_run_segments();
+        assert_eq!(segments, vec![0, 1, 3, 4]);
+        let listed = t.list("customer:", "", 10_000).unwrap();
+        assert_eq!(listed.len(), 3_600);
+        let mut again = StreamTable::new(dir.path(), test_hash(dir.path()));
+        again.reopen_runs(&segments, 5).unwrap();
+        assert_eq!(again.list("customer:", "", 10_000).unwrap(), listed);
+        assert_eq!(
+            again.list("customer:", "customer:t/c00450-3", 5).unwrap(),
+            t.list("customer:", "customer:t/c00450-3", 5).unwrap()
+        );
+        // A changed byte of a page table is named.
+        let path = dir.path().join("0000000002.names");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - NAME_FOOTER_BYTES - 5;
+        bytes[at] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut damaged = StreamTable::new(dir.path(), test_hash(dir.path()));
+        assert!(matches!(
+            damaged.reopen_runs(&segments, 5),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(damaged.runs.is_empty());
     }
 
     #[test]
