@@ -188,32 +188,32 @@ fn table_of(code: u8) -> Option<VersionedTable> {
     })
 }
 
-/// Appends frames to a buffer.
-struct Out<'a>(&'a mut Vec<u8>);
+/// Appends frames to a buffer (and the index kept at a clean stop: index_at_close.rs).
+pub(crate) struct Out<'a>(pub &'a mut Vec<u8>);
 
 impl Out<'_> {
-    fn u8(&mut self, v: u8) {
+    pub fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
-    fn u32(&mut self, v: u32) {
+    pub fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn i64(&mut self, v: i64) {
+    pub fn i64(&mut self, v: i64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn hash(&mut self, h: &Hash) {
+    pub fn hash(&mut self, h: &Hash) {
         self.0.extend_from_slice(h);
     }
-    fn bytes(&mut self, b: &[u8]) {
+    pub fn bytes(&mut self, b: &[u8]) {
         // Bodies are bounded far below 4 GiB by the engine (request bodies are limited); a
         // longer one would not fit the frame anyway and is refused before it gets here.
         self.u32(b.len() as u32);
         self.0.extend_from_slice(b);
     }
-    fn str(&mut self, s: &str) {
+    pub fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());
     }
 }
@@ -525,12 +525,29 @@ pub fn decode(bytes: &[u8]) -> Result<(Record, usize), Bad> {
 
 /// Reads a frame's payload; every read is bounds-checked (a CRC-valid frame of a foreign or
 /// future format must still fail cleanly).
-struct In<'a> {
+pub(crate) struct In<'a> {
     b: &'a [u8],
     at: usize,
 }
 
 impl<'a> In<'a> {
+    pub fn new(b: &'a [u8]) -> Self {
+        Self { b, at: 0 }
+    }
+    /// Whether every byte was read.
+    pub fn done(&self) -> bool {
+        self.at == self.b.len()
+    }
+    /// A count of items that each take at least `min_bytes`: refused when the bytes left
+    /// cannot hold them (a damaged count is an error, not an allocation).
+    pub fn count(&mut self, min_bytes: usize) -> Result<usize, Bad> {
+        let n = usize::try_from(self.u64()?)
+            .map_err(|_| Bad::Invalid("a count does not fit".into()))?;
+        if n.saturating_mul(min_bytes.max(1)) > self.b.len() - self.at {
+            return Err(Bad::Invalid(format!("a count of {n} runs past the end")));
+        }
+        Ok(n)
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8], Bad> {
         let end = self
             .at
@@ -543,33 +560,33 @@ impl<'a> In<'a> {
         self.at = end;
         Ok(s)
     }
-    fn u8(&mut self) -> Result<u8, Bad> {
+    pub fn u8(&mut self) -> Result<u8, Bad> {
         Ok(self.take(1)?[0])
     }
-    fn u32(&mut self) -> Result<u32, Bad> {
+    pub fn u32(&mut self) -> Result<u32, Bad> {
         let s = self.take(4)?;
         Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
-    fn u64(&mut self) -> Result<u64, Bad> {
+    pub fn u64(&mut self) -> Result<u64, Bad> {
         let s = self.take(8)?;
         let mut a = [0; 8];
         a.copy_from_slice(s);
         Ok(u64::from_le_bytes(a))
     }
-    fn i64(&mut self) -> Result<i64, Bad> {
+    pub fn i64(&mut self) -> Result<i64, Bad> {
         Ok(self.u64()? as i64)
     }
-    fn hash(&mut self) -> Result<Hash, Bad> {
+    pub fn hash(&mut self) -> Result<Hash, Bad> {
         let s = self.take(32)?;
         let mut h = [0; 32];
         h.copy_from_slice(s);
         Ok(h)
     }
-    fn bytes(&mut self) -> Result<Vec<u8>, Bad> {
+    pub fn bytes(&mut self) -> Result<Vec<u8>, Bad> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
     }
-    fn str(&mut self) -> Result<String, Bad> {
+    pub fn str(&mut self) -> Result<String, Bad> {
         String::from_utf8(self.bytes()?).map_err(|_| Bad::Invalid("text is not UTF-8".into()))
     }
 }

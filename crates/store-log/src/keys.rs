@@ -42,6 +42,7 @@ use std::sync::Arc;
 use marketgov_store::filter::{ScalableBloom, StackedBloom};
 use marketgov_store::Error;
 
+use crate::frame::{Bad, In, Out};
 use crate::hash_keys::KeyedHash64;
 use crate::index::{Inconsistent, Loc};
 use crate::prehashed::PrehashedMap;
@@ -602,6 +603,126 @@ impl KeyTable {
             by_hash: hash_pages,
             by_loc: loc_pages,
         }));
+        Ok(())
+    }
+
+    /// Writes what the table holds in memory, for the index kept at a clean stop
+    /// (index_at_close.rs): the open segment's keys, the stacks' plan, and the filter over all
+    /// keys (if it has one).
+    pub(crate) fn save(&self, o: &mut Out) {
+        o.u32(self.open_segment);
+        o.u64(self.open.len() as u64);
+        for (hash, loc) in &self.open {
+            o.u64(*hash);
+            o.u64(loc.raw());
+        }
+        o.u64(self.open_more.len() as u64);
+        for (hash, loc) in &self.open_more {
+            o.u64(*hash);
+            o.u64(loc.raw());
+        }
+        o.u64(self.open_order.len() as u64);
+        for (loc, created) in &self.open_order {
+            o.u64(loc.raw());
+            o.i64(*created);
+        }
+        let plan = self.stack_plan();
+        o.u64(plan.len() as u64);
+        for stack in &plan {
+            o.u64(stack.capacity);
+            o.u64(stack.layers.len() as u64);
+            for layer in &stack.layers {
+                match layer {
+                    Some(segment) => {
+                        o.u8(1);
+                        o.u32(*segment);
+                    }
+                    None => o.u8(0),
+                }
+            }
+        }
+        match &self.gate.filter {
+            Some(filter) => {
+                let stages = filter.stages();
+                o.u8(1);
+                o.u64(stages.len() as u64);
+                for (inserted, words) in &stages {
+                    o.u64(*inserted);
+                    o.u64(words.len() as u64);
+                    for w in words {
+                        o.u64(*w);
+                    }
+                }
+            }
+            None => o.u8(0),
+        }
+    }
+
+    /// Reads what [`KeyTable::save`] wrote into this empty table of the same kind, and
+    /// reopens its runs from their files.
+    pub(crate) fn restore(&mut self, i: &mut In) -> Result<(), Error> {
+        let bad = |b: Bad| Error::Corrupt {
+            location: format!("the {} keys of the index kept at close", self.suffix),
+            detail: match b {
+                Bad::Short => "cut short".into(),
+                Bad::Invalid(why) => why,
+            },
+        };
+        let r = |i: &mut In| -> Result<_, Bad> {
+            let open_segment = i.u32()?;
+            let mut open = PrehashedMap::default();
+            for _ in 0..i.count(16)? {
+                open.insert(i.u64()?, Loc::from_raw(i.u64()?));
+            }
+            let mut open_more = Vec::new();
+            for _ in 0..i.count(16)? {
+                open_more.push((i.u64()?, Loc::from_raw(i.u64()?)));
+            }
+            let mut open_order = Vec::new();
+            for _ in 0..i.count(16)? {
+                open_order.push((Loc::from_raw(i.u64()?), i.i64()?));
+            }
+            let mut plan = Vec::new();
+            for _ in 0..i.count(16)? {
+                let capacity = i.u64()?;
+                let mut layers = Vec::new();
+                for _ in 0..i.count(1)? {
+                    layers.push(match i.u8()? {
+                        0 => None,
+                        _ => Some(i.u32()?),
+                    });
+                }
+                plan.push(StackPlan { capacity, layers });
+            }
+            let filter = match i.u8()? {
+                0 => None,
+                _ => {
+                    let mut stages = Vec::new();
+                    for _ in 0..i.count(16)? {
+                        let inserted = i.u64()?;
+                        let words = (0..i.count(8)?)
+                            .map(|_| i.u64())
+                            .collect::<Result<Vec<_>, _>>()?;
+                        stages.push((inserted, words));
+                    }
+                    Some(stages)
+                }
+            };
+            Ok((open_segment, open, open_more, open_order, plan, filter))
+        };
+        let (open_segment, open, open_more, open_order, plan, filter) = r(i).map_err(bad)?;
+        if filter.is_some() != self.gate.filter.is_some() {
+            return Err(bad(Bad::Invalid("kept for a table of another kind".into())));
+        }
+        if let Some(stages) = filter {
+            let filter = ScalableBloom::from_stages(KEY_FILTER_BYTES_MAX, &stages)
+                .ok_or_else(|| bad(Bad::Invalid("its filter does not fit".into())))?;
+            self.gate.filter = Some(Arc::new(filter));
+        }
+        self.reopen_runs(&plan, open_segment)?;
+        self.open = open;
+        self.open_more = open_more;
+        self.open_order = open_order;
         Ok(())
     }
 

@@ -27,6 +27,7 @@
 mod frame;
 pub mod hash_keys;
 mod index;
+mod index_at_close;
 /// The key index; public only for its microbenchmark (`benches/keys.rs`), not the store's API.
 #[doc(hidden)]
 pub mod keys;
@@ -152,6 +153,18 @@ pub struct LogStore {
     cut_bytes: u64,
     /// The idempotency keys' filter, asked before the index's lock is taken.
     key_gate: keys::KeyGate,
+    hash_keys: hash_keys::HashKeys,
+    open_path: OpenPath,
+}
+
+/// How an open found the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenPath {
+    /// Read from the index kept at the previous clean close (index_at_close.rs): no segment
+    /// was scanned.
+    IndexKeptAtClose,
+    /// Every segment was scanned; why the kept index was not used (none, damaged, another log).
+    Scanned(String),
 }
 
 impl LogStore {
@@ -172,8 +185,27 @@ impl LogStore {
         let log_dir = segments::dir_of(&options.dir);
         let segments = segments::Segments::default();
         let (hash_keys, _) = hash_keys::HashKeys::load_or_create(&log_dir)?;
-        let mut index = Index::new(&log_dir, options.effects_in_memory_max, &hash_keys);
-        let opened = segments::open_all(&log_dir, &segments, &mut index)?;
+        let numbers = segments::numbers(&log_dir)?;
+        let kept = match numbers.last() {
+            Some(last) => {
+                let file = File::open(log_dir.join(segments::file_name(*last)))
+                    .map_err(|e| Error::Unavailable(format!("the last segment: {e}")))?;
+                let shape = index_at_close::LogShape::of(numbers.len() as u32, &file)?;
+                index_at_close::take(&log_dir, shape, &hash_keys, options.effects_in_memory_max)
+            }
+            None => Err("a new log".into()),
+        };
+        let (index, opened, open_path) = match kept {
+            Ok(index) => {
+                let opened = segments::open_without_scan(&log_dir, &segments, &numbers)?;
+                (index, opened, OpenPath::IndexKeptAtClose)
+            }
+            Err(why) => {
+                let mut index = Index::new(&log_dir, options.effects_in_memory_max, &hash_keys);
+                let opened = segments::open_all(&log_dir, &segments, &mut index)?;
+                (index, opened, OpenPath::Scanned(why))
+            }
+        };
         verify_tail(&index, &segments, options.verify_tail_entries)?;
         let key_gate = index.keys.gate();
         let last_checkpoint = index.checkpoints.last().map_or(0, |c| c.seq);
@@ -242,7 +274,15 @@ impl LogStore {
             dir: options.dir,
             cut_bytes: opened.cut_bytes,
             key_gate,
+            hash_keys,
+            open_path,
         })
+    }
+
+    /// How the last open found the index: kept at the previous clean close, or by scanning
+    /// every segment (and why the kept one could not be used).
+    pub fn open_path(&self) -> &OpenPath {
+        &self.open_path
     }
 
     /// The store's size on disk: its segments, in bytes.
@@ -363,8 +403,31 @@ impl Drop for LogStore {
             let _ = tx.send(writer::Inbound::Close);
         }
         if let Some(w) = self.writer.take() {
-            let _ = w.join();
+            if w.join().is_ok() {
+                // The writer and the syncer are gone: the index is the durable log's, and
+                // nothing changes it any more. A failure here only costs the next open a scan.
+                let _ = self.keep_index();
+            }
         }
+    }
+}
+
+impl LogStore {
+    /// Writes the index kept at close (index_at_close.rs), unless the store stopped on an
+    /// error (its log is then what the next open must scan and judge).
+    fn keep_index(&self) -> Result<(), Error> {
+        if self.shared.stopped_reason().is_some() {
+            return Ok(());
+        }
+        let count = self.shared.segments.len();
+        let last = self.shared.segments.file((count.max(1) - 1) as u32)?;
+        let shape = index_at_close::LogShape::of(count as u32, &last)?;
+        let index = self
+            .shared
+            .index
+            .read()
+            .map_err(|_| Error::Storage("index poisoned".into()))?;
+        index_at_close::write(&segments::dir_of(&self.dir), &index, shape, &self.hash_keys)
     }
 }
 

@@ -32,7 +32,7 @@ pub fn dir_of(data_dir: &Path) -> PathBuf {
     data_dir.join("log")
 }
 
-fn file_name(number: u32) -> String {
+pub fn file_name(number: u32) -> String {
     format!("{number:010}.seg")
 }
 
@@ -140,6 +140,80 @@ pub struct Opened {
 /// Opens every segment in `dir` (creating the first if there is none), applying each batch to
 /// `index` in order.
 pub fn open_all(dir: &Path, segments: &Segments, index: &mut Index) -> Result<Opened, Error> {
+    let numbers = numbers(dir)?;
+    if numbers.is_empty() {
+        let file = Arc::new(create(dir, 1)?);
+        segments.push(file.clone())?;
+        return Ok(Opened {
+            last: file,
+            last_len: 0,
+            cut_bytes: 0,
+        });
+    }
+    let count = numbers.len();
+    let mut opened = None;
+    for n in numbers {
+        let path = dir.join(file_name(n));
+        let file = Arc::new(open_file(&path)?);
+        let segment = segments.push(file.clone())?;
+        let is_last = n as usize == count;
+        let (end, len) = scan(&file, segment, is_last, index)?;
+        if !is_last {
+            index.close_segment()?;
+        }
+        if is_last {
+            let cut_bytes = len - end;
+            if cut_bytes > 0 {
+                file.set_len(end).map_err(|e| io(&path, e))?;
+                file.sync_all().map_err(|e| io(&path, e))?;
+            }
+            opened = Some(Opened {
+                last: file.clone(),
+                last_len: end,
+                cut_bytes,
+            });
+        }
+    }
+    opened.ok_or_else(|| Error::Storage("no segment opened".into()))
+}
+
+/// Opens every segment in `dir` without reading them, for an index that was kept at close
+/// (index_at_close.rs; its caller has checked that it matches the log): `numbers` as
+/// [`numbers`] listed them, at least one.
+pub fn open_without_scan(
+    dir: &Path,
+    segments: &Segments,
+    numbers: &[u32],
+) -> Result<Opened, Error> {
+    let mut last = None;
+    for n in numbers {
+        let file = Arc::new(open_file(&dir.join(file_name(*n)))?);
+        segments.push(file.clone())?;
+        last = Some(file);
+    }
+    let last = last.ok_or_else(|| Error::Storage("no segment to open".into()))?;
+    let last_len = last
+        .metadata()
+        .map_err(|e| Error::Storage(format!("the last segment: {e}")))?
+        .len();
+    Ok(Opened {
+        last,
+        last_len,
+        cut_bytes: 0,
+    })
+}
+
+fn open_file(path: &Path) -> Result<File, Error> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io(path, e))
+}
+
+/// The numbers of the segments in `dir` (created if needed), in order: 1, 2, ... with none
+/// missing.
+pub fn numbers(dir: &Path) -> Result<Vec<u32>, Error> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let mut numbers = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
@@ -164,46 +238,7 @@ pub fn open_all(dir: &Path, segments: &Segments, index: &mut Index) -> Result<Op
             });
         }
     }
-    if numbers.is_empty() {
-        let file = Arc::new(create(dir, 1)?);
-        segments.push(file.clone())?;
-        return Ok(Opened {
-            last: file,
-            last_len: 0,
-            cut_bytes: 0,
-        });
-    }
-    let count = numbers.len();
-    let mut opened = None;
-    for n in numbers {
-        let path = dir.join(file_name(n));
-        let file = Arc::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| io(&path, e))?,
-        );
-        let segment = segments.push(file.clone())?;
-        let is_last = n as usize == count;
-        let (end, len) = scan(&file, segment, is_last, index)?;
-        if !is_last {
-            index.close_segment()?;
-        }
-        if is_last {
-            let cut_bytes = len - end;
-            if cut_bytes > 0 {
-                file.set_len(end).map_err(|e| io(&path, e))?;
-                file.sync_all().map_err(|e| io(&path, e))?;
-            }
-            opened = Some(Opened {
-                last: file.clone(),
-                last_len: end,
-                cut_bytes,
-            });
-        }
-    }
-    opened.ok_or_else(|| Error::Storage("no segment opened".into()))
+    Ok(numbers)
 }
 
 /// Scans one segment, applying its whole batches; returns where its last whole batch ends and

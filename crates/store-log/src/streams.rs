@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use marketgov_store::Error;
 
+use crate::frame::{Bad, In, Out};
 use crate::hash_keys::KeyedHash128;
 use crate::index::Loc;
 use crate::keys::write_run_file;
@@ -415,6 +416,73 @@ impl StreamTable {
         })
     }
 
+    /// Writes what the table holds in memory, for the index kept at a clean stop
+    /// (index_at_close.rs): every slot, the side map, the open segment's new names, and which
+    /// closed segments have a name run.
+    pub(crate) fn save(&self, o: &mut Out) {
+        for map in &self.slots {
+            o.u64(map.len() as u64);
+            for (key, slot) in map {
+                o.u64(*key);
+                save_slot(o, slot);
+            }
+        }
+        o.u64(self.overflow.len() as u64);
+        for (name, slot) in &self.overflow {
+            o.str(name);
+            save_slot(o, slot);
+        }
+        o.u64(self.open_names.len() as u64);
+        for name in &self.open_names {
+            o.str(name);
+        }
+        o.u32(self.open_segment);
+        let runs = self.name_run_segments();
+        o.u64(runs.len() as u64);
+        for segment in runs {
+            o.u32(segment);
+        }
+    }
+
+    /// Reads what [`StreamTable::save`] wrote into this empty table, and reopens its name
+    /// runs from their files.
+    pub(crate) fn restore(&mut self, i: &mut In) -> Result<(), Error> {
+        let bad = |b: Bad| Error::Corrupt {
+            location: "the stream slots of the index kept at close".into(),
+            detail: match b {
+                Bad::Short => "cut short".into(),
+                Bad::Invalid(why) => why,
+            },
+        };
+        for map in &mut self.slots {
+            let n = i.count(8 + SLOT_BYTES).map_err(bad)?;
+            map.reserve(n);
+            for _ in 0..n {
+                let key = i.u64().map_err(bad)?;
+                map.insert(key, restore_slot(i).map_err(bad)?);
+            }
+        }
+        let n = i.count(4 + SLOT_BYTES).map_err(bad)?;
+        for _ in 0..n {
+            let name = i.str().map_err(bad)?;
+            self.overflow.insert(name, restore_slot(i).map_err(bad)?);
+        }
+        let n = i.count(4).map_err(bad)?;
+        let mut open_names = BTreeSet::new();
+        for _ in 0..n {
+            open_names.insert(i.str().map_err(bad)?);
+        }
+        let open_segment = i.u32().map_err(bad)?;
+        let n = i.count(4).map_err(bad)?;
+        let runs = (0..n)
+            .map(|_| i.u32())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        self.reopen_runs(&runs, open_segment)?;
+        self.open_names = open_names;
+        Ok(())
+    }
+
     /// The closed segments that have a name run, oldest first (for reopening them).
     pub fn name_run_segments(&self) -> Vec<u32> {
         self.runs.iter().map(|r| r.segment).collect()
@@ -437,6 +505,25 @@ impl StreamTable {
         self.open_segment = open_segment;
         Ok(())
     }
+}
+
+/// A slot's bytes in the index kept at close: check, version, last event, latest snapshot.
+const SLOT_BYTES: usize = 4 + 4 + 8 + 8;
+
+fn save_slot(o: &mut Out, slot: &StreamSlot) {
+    o.u32(slot.check);
+    o.u32(slot.version);
+    o.u64(slot.last.raw());
+    o.u64(slot.snapshot.raw());
+}
+
+fn restore_slot(i: &mut In) -> Result<StreamSlot, Bad> {
+    Ok(StreamSlot {
+        check: i.u32()?,
+        version: i.u32()?,
+        last: Loc::from_raw(i.u64()?),
+        snapshot: Loc::from_raw(i.u64()?),
+    })
 }
 
 #[cfg(test)]

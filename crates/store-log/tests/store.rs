@@ -922,8 +922,9 @@ fn the_hash_keys_are_drawn_once_and_kept_and_a_lost_file_loses_nothing_else() {
         "the keys were drawn again"
     );
 
-    // Nothing derived under the keys is kept across opens yet: without the file, new keys are
-    // drawn and every stream, key and timer is found as before.
+    // Without the file, new keys are drawn: the index kept at close was built under the old
+    // ones and is not used (the open scans), and every stream, key and timer is found as
+    // before.
     std::fs::remove_file(&keys).unwrap();
     let store = open(dir.path());
     assert_eq!(summary(&store), after);
@@ -933,4 +934,249 @@ fn the_hash_keys_are_drawn_once_and_kept_and_a_lost_file_loses_nothing_else() {
         4,
         "s0 has the events of steps 0, 3, 6, 9"
     );
+}
+
+/// Options with small segments, so that a short workload closes many of them into runs.
+fn small_segments(dir: &Path) -> Options {
+    let mut o = options(dir);
+    o.segment_bytes_max = 8 << 10;
+    o
+}
+
+/// Commit `i` of a workload touching every part of the index: events on seven streams with a
+/// snapshot now and then, a key, a timer set or cancelled, an effect queued and some settled,
+/// a versioned record.
+fn rich_step(store: &LogStore, i: u64) {
+    let stream = format!("s{}", i % 7);
+    let version = i / 7 + 1;
+    let mut commit = Commit {
+        events: vec![event(
+            &stream,
+            version,
+            &format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(200)),
+        )],
+        idempotency: vec![key(&format!("k{i}"))],
+        timers: vec![if i % 5 == 4 {
+            TimerWrite::Cancel {
+                stream: stream.clone(),
+                kind: "renewal".into(),
+            }
+        } else {
+            TimerWrite::Set {
+                stream: stream.clone(),
+                kind: "renewal".into(),
+                due_at_ms: 1_000 + i as i64,
+            }
+        }],
+        outbox: vec![marketgov_store::OutboxWrite {
+            effect_key: format!("e{i}"),
+            stream: stream.clone(),
+            connector: "sandbox".into(),
+            body: format!("{{\"e\":{i}}}").into_bytes(),
+            not_before_ms: i as i64,
+        }],
+        ..Commit::default()
+    };
+    if i % 6 == 5 {
+        commit.snapshots.push(marketgov_store::Snapshot {
+            stream: stream.clone(),
+            version,
+            body: format!("{{\"at\":{version}}}").into_bytes(),
+        });
+    }
+    if i % 3 == 2 {
+        commit
+            .outbox_updates
+            .push(marketgov_store::OutboxUpdate::Done {
+                effect_key: format!("e{}", i - 2),
+            });
+    }
+    if i.is_multiple_of(10) {
+        commit.review.push(marketgov_store::VersionedWrite {
+            key: format!("r{i}"),
+            expected_version: 0,
+            version: 1,
+            body: b"{}".to_vec(),
+        });
+    }
+    wait(store.commit(commit).unwrap()).unwrap();
+}
+
+/// Everything a store answers about the rich workload's first `n` steps.
+fn rich_answers(store: &LogStore, n: u64) -> String {
+    let mut out = String::new();
+    let stats = store.stats().unwrap();
+    out.push_str(&format!(
+        "{} {} {} {}\n",
+        stats.events,
+        stats.timers,
+        stats.outbox,
+        store.head_seq()
+    ));
+    for s in 0..7 {
+        let load = store.load_stream(&format!("s{s}")).unwrap();
+        out.push_str(&format!("{:?} {}\n", load.snapshot, load.events.len()));
+    }
+    for i in 0..n + 20 {
+        let record = store.idempotency("t", &format!("k{i}")).unwrap();
+        out.push_str(&format!("{:?}\n", record.map(|r| r.key)));
+    }
+    out.push_str(&format!(
+        "{:?}\n",
+        store.due_timers(i64::MAX, 1000).unwrap()
+    ));
+    out.push_str(&format!(
+        "{:?}\n",
+        store.ready_outbox(i64::MAX, 1000).unwrap()
+    ));
+    out.push_str(&format!(
+        "{:?}\n",
+        store
+            .versioned_list(marketgov_store::VersionedTable::Review, "", "", 1000)
+            .unwrap()
+    ));
+    out.push_str(&format!("{:?}\n", store.streams("", "", 100).unwrap()));
+    out.push_str(&format!("{:?}\n", store.checkpoints().unwrap()));
+    let entries = store.audit_entries(1, 100_000).unwrap();
+    let public = CheckpointSigner::from_secret(&SECRET).public_key();
+    let report = verify(&public, &entries, &store.checkpoints().unwrap()).unwrap();
+    out.push_str(&format!("{report:?}\n"));
+    out.push_str(&format!("{}\n", entries.len()));
+    out
+}
+
+/// A copy of a data directory without the index kept at close: opening it scans every segment.
+fn copy_without_kept_index(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(to.path().join("log")).unwrap();
+    for entry in std::fs::read_dir(from.join("log")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name != "index.at-close" {
+            std::fs::copy(&path, to.path().join("log").join(name)).unwrap();
+        }
+    }
+    to
+}
+
+#[test]
+fn a_clean_close_keeps_the_index_and_the_next_open_answers_from_it_as_a_scan_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("log").join("index.at-close");
+    let store = LogStore::open(small_segments(dir.path())).unwrap();
+    for i in 0..300 {
+        rich_step(&store, i);
+    }
+    let before = rich_answers(&store, 300);
+    drop(store);
+    assert!(kept.exists(), "a clean close keeps the index");
+    let runs = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "idem")
+        })
+        .count();
+    assert!(runs > 10, "the workload closed {runs} segments into runs");
+
+    let scanned_dir = copy_without_kept_index(dir.path());
+    let store = LogStore::open(small_segments(dir.path())).unwrap();
+    assert_eq!(
+        store.open_path(),
+        &marketgov_store_log::OpenPath::IndexKeptAtClose
+    );
+    assert!(
+        !kept.exists(),
+        "the kept index is taken, not left for a later open"
+    );
+    let scanned = LogStore::open(small_segments(scanned_dir.path())).unwrap();
+    assert!(matches!(
+        scanned.open_path(),
+        marketgov_store_log::OpenPath::Scanned(_)
+    ));
+    assert_eq!(rich_answers(&store, 300), before);
+    assert_eq!(rich_answers(&scanned, 300), before);
+
+    // Both go on alike: new commits follow the kept state (versions, keys, effect rows).
+    for i in 300..420 {
+        rich_step(&store, i);
+        rich_step(&scanned, i);
+    }
+    let after = rich_answers(&store, 420);
+    assert_eq!(rich_answers(&scanned, 420), after);
+    assert_ne!(after, before);
+    drop(store);
+    drop(scanned);
+    let store = LogStore::open(small_segments(dir.path())).unwrap();
+    assert_eq!(
+        store.open_path(),
+        &marketgov_store_log::OpenPath::IndexKeptAtClose
+    );
+    assert_eq!(rich_answers(&store, 420), after);
+}
+
+#[test]
+fn a_kept_index_that_does_not_match_the_log_or_its_checksum_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("log").join("index.at-close");
+    let store = LogStore::open(small_segments(dir.path())).unwrap();
+    for i in 0..120 {
+        rich_step(&store, i);
+    }
+    drop(store);
+    let stale = std::fs::read(&kept).unwrap();
+
+    // The log grows after the index was kept (and the process then dies: no new one).
+    let store = LogStore::open(small_segments(dir.path())).unwrap();
+    for i in 120..130 {
+        rich_step(&store, i);
+    }
+    let expected = rich_answers(&store, 130);
+    drop(store);
+    std::fs::write(&kept, &stale).unwrap();
+    let store = LogStore::open(small_segments(dir.path())).unwrap();
+    match store.open_path() {
+        marketgov_store_log::OpenPath::Scanned(why) => {
+            assert!(why.contains("another log"), "{why}")
+        }
+        other => panic!("a stale index was used: {other:?}"),
+    }
+    assert_eq!(rich_answers(&store, 130), expected);
+    drop(store);
+
+    // A changed byte anywhere in the kept index: its checksum fails, the open scans.
+    let good = std::fs::read(&kept).unwrap();
+    for at in (0..good.len()).step_by(good.len() / 13 + 1) {
+        let mut bad = good.clone();
+        bad[at] ^= 0x04;
+        std::fs::write(&kept, &bad).unwrap();
+        let store = LogStore::open(small_segments(dir.path())).unwrap();
+        assert!(
+            matches!(store.open_path(), marketgov_store_log::OpenPath::Scanned(_)),
+            "byte {at} changed and the index was used"
+        );
+        assert_eq!(rich_answers(&store, 130), expected, "byte {at}");
+        drop(store);
+    }
+
+    // A damaged run file it refers to: runs are derived from the segments, so the open scans
+    // them again (naming why) and answers as before.
+    let store = LogStore::open(small_segments(dir.path())).unwrap();
+    drop(store);
+    let run = dir.path().join("log").join("0000000002.idem");
+    let mut bytes = std::fs::read(&run).unwrap();
+    let at = bytes.len() - 60;
+    bytes[at] ^= 0x01;
+    std::fs::write(&run, &bytes).unwrap();
+    let store = LogStore::open(small_segments(dir.path())).unwrap();
+    match store.open_path() {
+        marketgov_store_log::OpenPath::Scanned(why) => {
+            assert!(why.contains("0000000002.idem"), "{why}")
+        }
+        other => panic!("a damaged run was used: {other:?}"),
+    }
+    assert_eq!(rich_answers(&store, 130), expected);
 }

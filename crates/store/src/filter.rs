@@ -390,6 +390,52 @@ impl ScalableBloom {
             .map_or(true, |stages| stages.iter().any(|s| s.may_contain(hash)))
     }
 
+    /// Its stages as `(keys inserted, words)`, oldest first, to be kept and put back by
+    /// [`ScalableBloom::from_stages`]. A poisoned lock answers none.
+    pub fn stages(&self) -> Vec<(u64, Vec<u64>)> {
+        self.stages.read().map_or_else(
+            |_| Vec::new(),
+            |stages| {
+                stages
+                    .iter()
+                    .map(|b| {
+                        let words = b.words.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+                        (b.inserted(), words)
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    /// A filter of at most `bytes_max` holding the stages [`ScalableBloom::stages`] gave (each
+    /// stage's size follows from its place, as when it was added); `None` when they do not fit:
+    /// no stage, a stage of another size, or more than `bytes_max` in all.
+    pub fn from_stages(bytes_max: u64, kept: &[(u64, Vec<u64>)]) -> Option<Self> {
+        let (mut capacity, mut rate) = (FIRST_STAGE_KEYS, FIRST_STAGE_FALSE_POSITIVES);
+        let mut stages = Vec::with_capacity(kept.len());
+        for (inserted, words) in kept {
+            let bloom = Bloom::new(capacity, rate);
+            if bloom.words.len() != words.len() {
+                return None;
+            }
+            for (to, from) in bloom.words.iter().zip(words) {
+                to.store(*from, Ordering::Relaxed);
+            }
+            bloom.inserted.store(*inserted, Ordering::Relaxed);
+            stages.push(bloom);
+            capacity *= 2;
+            rate *= NEXT_STAGE_RATE_FACTOR;
+        }
+        let bytes: u64 = stages.iter().map(Bloom::bytes).sum();
+        if stages.is_empty() || bytes > bytes_max {
+            return None;
+        }
+        Some(Self {
+            stages: RwLock::new(stages),
+            bytes_max,
+        })
+    }
+
     /// Stages in use, their bytes, and the keys inserted.
     pub fn usage(&self) -> (usize, u64, u64) {
         self.stages.read().map_or((0, 0, 0), |s| {
@@ -471,6 +517,34 @@ mod tests {
             .filter(|i| filter.may_contain(h(*i)))
             .count();
         assert!(false_positives < 5_000, "{false_positives} of 100000");
+    }
+
+    #[test]
+    fn a_filter_put_back_from_its_stages_answers_and_grows_as_before() {
+        let filter = ScalableBloom::new(32 << 20);
+        let n = 2 * FIRST_STAGE_KEYS + 5;
+        for i in 0..n {
+            filter.insert(h(i));
+        }
+        let kept = filter.stages();
+        assert_eq!(kept.len(), 2);
+        let copy = ScalableBloom::from_stages(32 << 20, &kept).unwrap();
+        assert_eq!(copy.usage(), filter.usage());
+        assert!((0..n).all(|i| copy.may_contain(h(i))));
+        for i in n..n + 50_000 {
+            assert_eq!(copy.may_contain(h(i)), filter.may_contain(h(i)));
+        }
+        // It goes on from where it was: the next keys fill its last stage, then a new one.
+        for i in n..3 * FIRST_STAGE_KEYS + 1 {
+            copy.insert(h(i));
+        }
+        assert_eq!(copy.usage().0, 3);
+        // Stages of another size, or none, are refused.
+        let mut wrong = kept.clone();
+        wrong[1].1.pop();
+        assert!(ScalableBloom::from_stages(32 << 20, &wrong).is_none());
+        assert!(ScalableBloom::from_stages(32 << 20, &[]).is_none());
+        assert!(ScalableBloom::from_stages(1 << 10, &kept).is_none());
     }
 
     #[test]

@@ -1,0 +1,277 @@
+//! The index kept at a clean stop: `log/index.at-close`, written when the store closes cleanly
+//! (its last batch synced and applied, the writer gone), read by the next open instead of
+//! scanning every segment. A restart after a crash still scans; checkpoints at each segment's
+//! close, which would cover that too, are the next step (docs/store-log.md, "Not built yet",
+//! item 1).
+//!
+//! It is valid only for the log exactly as it was closed: it records the segments' count, the
+//! last one's length and a CRC32C of its last bytes, and the id of the hash keys it was built
+//! under; the open checks them and removes the file before anything is written (a later open
+//! finds none and scans, until the next clean close). The run files it refers to are synced
+//! before it is written, and each is checked against its footer when reopened. Anything that
+//! does not check out (no file, a damaged one, another log) means the full scan, as before.
+//!
+//! Layout: magic, the body, a CRC32C of the body. The body: the checks above, then the index
+//! part by part (`Index` less what follows from the rest: the timers by deadline and the
+//! pending effects by next attempt are rebuilt from the timers and the pending effects).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use marketgov_audit::{Checkpoint, Head};
+use marketgov_store::Error;
+
+use crate::frame::{Bad, In, Out};
+use crate::hash_keys::HashKeys;
+use crate::index::{EffectIndex, Index, Loc};
+
+/// The file's name in the segments' directory.
+pub const FILE: &str = "index.at-close";
+const MAGIC: &[u8; 8] = b"MGIDXC01";
+/// The last segment's bytes whose CRC32C the file records (fewer if the segment is shorter).
+const TAIL_BYTES: u64 = 4096;
+
+/// What the log looks like on disk, to be matched by the index kept at close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogShape {
+    pub segments: u32,
+    pub last_len: u64,
+    pub tail_crc: u32,
+}
+
+impl LogShape {
+    /// The shape of the log whose last segment is `last` (`segments` in all).
+    pub fn of(segments: u32, last: &File) -> Result<Self, Error> {
+        let io = |e: std::io::Error| Error::Storage(format!("the last segment: {e}"));
+        let last_len = last.metadata().map_err(io)?.len();
+        let from = last_len.saturating_sub(TAIL_BYTES);
+        let mut tail = vec![0u8; (last_len - from) as usize];
+        last.read_exact_at(&mut tail, from).map_err(io)?;
+        Ok(Self {
+            segments,
+            last_len,
+            tail_crc: crc32c::crc32c(&tail),
+        })
+    }
+}
+
+/// Writes the index kept at close for the log of `shape`, after syncing every run file in
+/// `dir`: beside, synced, renamed, the directory synced.
+pub fn write(dir: &Path, index: &Index, shape: LogShape, keys: &HashKeys) -> Result<(), Error> {
+    let io = |what: &str, e: std::io::Error| Error::Storage(format!("{what}: {e}"));
+    for entry in std::fs::read_dir(dir).map_err(|e| io("listing the runs", e))? {
+        let path = entry.map_err(|e| io("listing the runs", e))?.path();
+        let run = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "idem" | "effect" | "names"));
+        if run {
+            File::open(&path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| io(&path.display().to_string(), e))?;
+        }
+    }
+    let mut body = Vec::new();
+    save(&mut Out(&mut body), index, shape, keys.id());
+    let mut bytes = Vec::with_capacity(body.len() + 12);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| io("writing the index kept at close", e))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, dir.join(FILE)))
+        .and_then(|()| File::open(dir)?.sync_all())
+        .map_err(|e| io("writing the index kept at close", e))
+}
+
+/// Takes the index kept at close for the log of `shape`: removes the file and answers the
+/// index it holds, or why it cannot be used (then the caller scans every segment).
+pub fn take(
+    dir: &Path,
+    shape: LogShape,
+    keys: &HashKeys,
+    effects_in_memory_max: usize,
+) -> Result<Index, String> {
+    let path = dir.join(FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("no index was kept at the last close".into())
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    // Once read, it is gone: the log changes from here on and it would no longer match.
+    let _ = std::fs::remove_file(&path);
+    if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
+        return Err("the index kept at close is not of this version".into());
+    }
+    let (body, crc) = bytes[MAGIC.len()..].split_at(bytes.len() - MAGIC.len() - 4);
+    if crc32c::crc32c(body).to_le_bytes() != crc {
+        return Err("the index kept at close does not match its checksum".into());
+    }
+    let mut i = In::new(body);
+    let kept = LogShape {
+        segments: i.u32().map_err(describe)?,
+        last_len: i.u64().map_err(describe)?,
+        tail_crc: i.u32().map_err(describe)?,
+    };
+    let keys_id = i.u64().map_err(describe)?;
+    if keys_id != keys.id() {
+        return Err("the index kept at close was built under other hash keys".into());
+    }
+    if kept != shape {
+        return Err(format!(
+            "the index kept at close is of another log ({kept:?}; the log is {shape:?})"
+        ));
+    }
+    let mut index = Index::new(dir, effects_in_memory_max, keys);
+    restore(&mut i, &mut index).map_err(|e| e.to_string())?;
+    if !i.done() {
+        return Err("the index kept at close has bytes past its end".into());
+    }
+    Ok(index)
+}
+
+fn describe(b: Bad) -> String {
+    match b {
+        Bad::Short => "the index kept at close is cut short".into(),
+        Bad::Invalid(why) => format!("the index kept at close: {why}"),
+    }
+}
+
+fn save(o: &mut Out, index: &Index, shape: LogShape, keys_id: u64) {
+    o.u32(shape.segments);
+    o.u64(shape.last_len);
+    o.u32(shape.tail_crc);
+    o.u64(keys_id);
+    o.u64(index.head.seq);
+    o.hash(&index.head.hash);
+    o.u64(index.batch);
+    o.u64(index.seq_marks.len() as u64);
+    for loc in &index.seq_marks {
+        o.u64(loc.raw());
+    }
+    index.streams.save(o);
+    index.keys.save(o);
+    o.u64(index.keys_live);
+    o.u64(index.keys_frontier.raw());
+    o.u64(index.keys_removed.len() as u64);
+    for loc in &index.keys_removed {
+        o.u64(loc.raw());
+    }
+    debug_assert_eq!(index.timers.len(), index.timers_due.len());
+    o.u64(index.timers.len() as u64);
+    for (hash, (due, loc)) in index.timers.iter() {
+        o.u64((*hash >> 64) as u64);
+        o.u64(*hash as u64);
+        o.i64(*due);
+        o.u64(loc.raw());
+    }
+    index.effects.save(o);
+    debug_assert_eq!(index.pending.len(), index.effects_ready.len());
+    o.u64(index.pending.len() as u64);
+    for (loc, e) in index.pending.iter() {
+        o.u64(loc.raw());
+        o.u32(e.attempts);
+        o.i64(e.next_attempt_ms);
+    }
+    o.u64(index.effects_pending);
+    match index.spilled_from {
+        Some(loc) => {
+            o.u8(1);
+            o.u64(loc.raw());
+        }
+        None => o.u8(0),
+    }
+    o.u64(index.spilled_settled.len() as u64);
+    for loc in &index.spilled_settled {
+        o.u64(loc.raw());
+    }
+    o.i64(index.effect_id_max);
+    o.u64(index.versioned.len() as u64);
+    for ((table, key), (version, loc)) in &index.versioned {
+        o.u8(*table);
+        o.str(key);
+        o.u64(*version);
+        o.u64(loc.raw());
+    }
+    o.u64(index.checkpoints.len() as u64);
+    for c in &index.checkpoints {
+        o.u64(c.seq);
+        o.str(&c.hash);
+        o.str(&c.signature);
+    }
+}
+
+fn restore(i: &mut In, index: &mut Index) -> Result<(), Error> {
+    let bad = |b: Bad| Error::Corrupt {
+        location: "the index kept at close".into(),
+        detail: describe(b),
+    };
+    let loc = |i: &mut In| i.u64().map(Loc::from_raw);
+    index.head = Head {
+        seq: i.u64().map_err(bad)?,
+        hash: i.hash().map_err(bad)?,
+    };
+    index.batch = i.u64().map_err(bad)?;
+    for _ in 0..i.count(8).map_err(bad)? {
+        index.seq_marks.push(loc(i).map_err(bad)?);
+    }
+    index.streams.restore(i)?;
+    index.keys.restore(i)?;
+    index.keys_live = i.u64().map_err(bad)?;
+    index.keys_frontier = loc(i).map_err(bad)?;
+    for _ in 0..i.count(8).map_err(bad)? {
+        index.keys_removed.insert(loc(i).map_err(bad)?);
+    }
+    for _ in 0..i.count(32).map_err(bad)? {
+        let hash = (u128::from(i.u64().map_err(bad)?) << 64) | u128::from(i.u64().map_err(bad)?);
+        let due = i.i64().map_err(bad)?;
+        let at = loc(i).map_err(bad)?;
+        index.timers.insert(hash, (due, at));
+        index.timers_due.insert((due, at));
+    }
+    index.effects.restore(i)?;
+    for _ in 0..i.count(20).map_err(bad)? {
+        let at = loc(i).map_err(bad)?;
+        let e = EffectIndex {
+            attempts: i.u32().map_err(bad)?,
+            next_attempt_ms: i.i64().map_err(bad)?,
+        };
+        index.pending.insert(at, e);
+        index.effects_ready.insert((e.next_attempt_ms, at));
+    }
+    index.effects_pending = i.u64().map_err(bad)?;
+    index.spilled_from = match i.u8().map_err(bad)? {
+        0 => None,
+        _ => Some(loc(i).map_err(bad)?),
+    };
+    for _ in 0..i.count(8).map_err(bad)? {
+        index.spilled_settled.insert(loc(i).map_err(bad)?);
+    }
+    index.effect_id_max = i.i64().map_err(bad)?;
+    for _ in 0..i.count(21).map_err(bad)? {
+        let table = i.u8().map_err(bad)?;
+        let key = i.str().map_err(bad)?;
+        let version = i.u64().map_err(bad)?;
+        let at = loc(i).map_err(bad)?;
+        index.versioned.insert((table, key), (version, at));
+    }
+    for _ in 0..i.count(16).map_err(bad)? {
+        index.checkpoints.push(Checkpoint {
+            seq: i.u64().map_err(bad)?,
+            hash: i.str().map_err(bad)?,
+            signature: i.str().map_err(bad)?,
+        });
+    }
+    Ok(())
+}
