@@ -86,6 +86,14 @@ impl EmbeddedStore {
         }
     }
 
+    /// How the log-structured store found its index when it opened: `None` for SQLite.
+    pub fn open_path(&self) -> Option<marketgov_store_log::OpenPath> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Log(s) => Some(s.open_path().clone()),
+        }
+    }
+
     /// What the log-structured store's index holds in memory, by part (`None` for SQLite, whose
     /// indexes are on disk and whose page cache is bounded by its own setting).
     pub fn index_memory(&self) -> Option<marketgov_store_log::IndexMemory> {

@@ -289,6 +289,17 @@ impl App {
                 "meaning": "answers of the newest keyed requests kept in memory: a prompt retry is answered without a store read",
             },
             "memory": process_memory(),
+            "store_opened": self.store().open_path().map(|p| match p {
+                marketgov_store_log::OpenPath::IndexKeptAtClose => json!({
+                    "index": "kept at the last clean close",
+                    "scanned": false,
+                }),
+                marketgov_store_log::OpenPath::Scanned(why) => json!({
+                    "index": "rebuilt by scanning every segment",
+                    "scanned": true,
+                    "why": why,
+                }),
+            }),
             "store_index_memory": self.store().index_memory().map(|m| json!({
                 "total_bytes": m.total(),
                 "streams": m.streams,
