@@ -4,12 +4,15 @@
 //! close, which would cover that too, are the next step (docs/store-log.md, "Not built yet",
 //! item 1).
 //!
-//! It is valid only for the log exactly as it was closed: it records the segments' count, the
-//! last one's length and a CRC32C of its last bytes, and the id of the hash keys it was built
-//! under; the open checks them and removes the file before anything is written (a later open
-//! finds none and scans, until the next clean close). The run files it refers to are synced
-//! before it is written, and each is checked against its footer when reopened. Anything that
-//! does not check out (no file, a damaged one, another log) means the full scan, as before.
+//! It stands for the log as it was closed: it records the segments' count, the last one's
+//! length and a CRC32C of the bytes before that length, and the id of the hash keys it was built
+//! under. The log only grows, so the kept index stays good for every later open of the same log:
+//! an open checks that the log still holds those bytes where they were, reads the index, and
+//! scans only what was written after it (nothing after a clean stop; after a crash, what the
+//! process wrote since its open). The run files it refers to are synced before it is written
+//! and each is checked against its footer when reopened. Anything that does not check out (no
+//! file, a damaged one, another log, a run removed or damaged since) means the full scan, as
+//! before; a file that cannot be used is removed.
 //!
 //! Layout: magic, the body, a CRC32C of the body. The body: the checks above, then the index
 //! part by part (`Index` less what follows from the rest: the timers by deadline and the
@@ -33,28 +36,47 @@ const MAGIC: &[u8; 8] = b"MGIDXC01";
 /// The last segment's bytes whose CRC32C the file records (fewer if the segment is shorter).
 const TAIL_BYTES: u64 = 4096;
 
-/// What the log looks like on disk, to be matched by the index kept at close.
+/// Where the log ended when the index was kept, to be found again in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogShape {
     pub segments: u32,
     pub last_len: u64,
+    /// CRC32C of the last segment's bytes before `last_len` (at most [`TAIL_BYTES`] of them).
     pub tail_crc: u32,
 }
 
 impl LogShape {
     /// The shape of the log whose last segment is `last` (`segments` in all).
     pub fn of(segments: u32, last: &File) -> Result<Self, Error> {
-        let io = |e: std::io::Error| Error::Storage(format!("the last segment: {e}"));
-        let last_len = last.metadata().map_err(io)?.len();
-        let from = last_len.saturating_sub(TAIL_BYTES);
-        let mut tail = vec![0u8; (last_len - from) as usize];
-        last.read_exact_at(&mut tail, from).map_err(io)?;
+        let last_len = last
+            .metadata()
+            .map_err(|e| Error::Storage(format!("the last segment: {e}")))?
+            .len();
         Ok(Self {
             segments,
             last_len,
-            tail_crc: crc32c::crc32c(&tail),
+            tail_crc: tail_crc(last, last_len)?,
         })
     }
+
+    /// Whether the log whose segment number `self.segments` is `file` (the log having at
+    /// least that many) still holds this shape's bytes where they were.
+    pub fn is_prefix_of(&self, file: &File) -> Result<bool, Error> {
+        let len = file
+            .metadata()
+            .map_err(|e| Error::Storage(format!("a segment: {e}")))?
+            .len();
+        Ok(len >= self.last_len && tail_crc(file, self.last_len)? == self.tail_crc)
+    }
+}
+
+/// CRC32C of `file`'s bytes before `end`, at most [`TAIL_BYTES`] of them.
+fn tail_crc(file: &File, end: u64) -> Result<u32, Error> {
+    let from = end.saturating_sub(TAIL_BYTES);
+    let mut tail = vec![0u8; (end - from) as usize];
+    file.read_exact_at(&mut tail, from)
+        .map_err(|e| Error::Storage(format!("the end of the log: {e}")))?;
+    Ok(crc32c::crc32c(&tail))
 }
 
 /// Writes the index kept at close for the log of `shape`, after syncing every run file in
@@ -92,24 +114,38 @@ pub fn write(dir: &Path, index: &Index, shape: LogShape, keys: &HashKeys) -> Res
         .map_err(|e| io("writing the index kept at close", e))
 }
 
-/// Takes the index kept at close for the log of `shape`: removes the file and answers the
-/// index it holds, or why it cannot be used (then the caller scans every segment).
-pub fn take(
+/// Reads the index kept at close if it stands for a prefix of the log in `dir` (segment
+/// numbers `numbers`), and answers it with where the log went on after it (its last segment's
+/// number and the length it had), or why it cannot be used (then the caller scans every
+/// segment; an unusable file is removed).
+pub fn read(
     dir: &Path,
-    shape: LogShape,
+    numbers: &[u32],
     keys: &HashKeys,
     effects_in_memory_max: usize,
-) -> Result<Index, String> {
+) -> Result<(Index, LogShape), String> {
     let path = dir.join(FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err("no index was kept at the last close".into())
+            return Err("no index was kept at a clean close".into())
         }
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    // Once read, it is gone: the log changes from here on and it would no longer match.
-    let _ = std::fs::remove_file(&path);
+    let kept = parse(dir, &bytes, numbers, keys, effects_in_memory_max);
+    if kept.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    kept
+}
+
+fn parse(
+    dir: &Path,
+    bytes: &[u8],
+    numbers: &[u32],
+    keys: &HashKeys,
+    effects_in_memory_max: usize,
+) -> Result<(Index, LogShape), String> {
     if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
         return Err("the index kept at close is not of this version".into());
     }
@@ -127,17 +163,22 @@ pub fn take(
     if keys_id != keys.id() {
         return Err("the index kept at close was built under other hash keys".into());
     }
-    if kept != shape {
-        return Err(format!(
-            "the index kept at close is of another log ({kept:?}; the log is {shape:?})"
-        ));
+    let another = || format!("the index kept at close is of another log ({kept:?})");
+    let last = numbers
+        .get((kept.segments as usize).wrapping_sub(1))
+        .filter(|n| **n == kept.segments)
+        .ok_or_else(another)?;
+    let file =
+        File::open(dir.join(crate::segments::file_name(*last))).map_err(|e| e.to_string())?;
+    if !kept.is_prefix_of(&file).map_err(|e| e.to_string())? {
+        return Err(another());
     }
     let mut index = Index::new(dir, effects_in_memory_max, keys);
     restore(&mut i, &mut index).map_err(|e| e.to_string())?;
     if !i.done() {
         return Err("the index kept at close has bytes past its end".into());
     }
-    Ok(index)
+    Ok((index, kept))
 }
 
 fn describe(b: Bad) -> String {

@@ -160,9 +160,10 @@ pub struct LogStore {
 /// How an open found the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpenPath {
-    /// Read from the index kept at the previous clean close (index_at_close.rs): no segment
-    /// was scanned.
-    IndexKeptAtClose,
+    /// Read from the index kept at the last clean close (index_at_close.rs), then only what
+    /// was written after it scanned (0 bytes after a clean stop; after a crash, what the
+    /// process wrote since its own open).
+    IndexKeptAtClose { scanned_bytes: u64 },
     /// Every segment was scanned; why the kept index was not used (none, damaged, another log).
     Scanned(String),
 }
@@ -183,24 +184,35 @@ impl LogStore {
             ))
         })?;
         let log_dir = segments::dir_of(&options.dir);
-        let segments = segments::Segments::default();
         let (hash_keys, _) = hash_keys::HashKeys::load_or_create(&log_dir)?;
         let numbers = segments::numbers(&log_dir)?;
-        let kept = match numbers.last() {
-            Some(last) => {
-                let file = File::open(log_dir.join(segments::file_name(*last)))
-                    .map_err(|e| Error::Unavailable(format!("the last segment: {e}")))?;
-                let shape = index_at_close::LogShape::of(numbers.len() as u32, &file)?;
-                index_at_close::take(&log_dir, shape, &hash_keys, options.effects_in_memory_max)
-            }
-            None => Err("a new log".into()),
+        let kept = if numbers.is_empty() {
+            Err("a new log".to_owned())
+        } else {
+            index_at_close::read(
+                &log_dir,
+                &numbers,
+                &hash_keys,
+                options.effects_in_memory_max,
+            )
         };
-        let (index, opened, open_path) = match kept {
-            Ok(index) => {
-                let opened = segments::open_without_scan(&log_dir, &segments, &numbers)?;
-                (index, opened, OpenPath::IndexKeptAtClose)
+        let mut segments = segments::Segments::default();
+        let resumed = match kept {
+            Ok((mut index, from)) => {
+                match segments::open_after(&log_dir, &segments, &numbers, &mut index, from) {
+                    Ok((opened, scanned)) => Ok((index, opened, scanned)),
+                    // What follows the kept index does not follow it: judge the whole log.
+                    Err(e) => Err(format!("the log after the index kept at close: {e}")),
+                }
+            }
+            Err(why) => Err(why),
+        };
+        let (index, opened, open_path) = match resumed {
+            Ok((index, opened, scanned_bytes)) => {
+                (index, opened, OpenPath::IndexKeptAtClose { scanned_bytes })
             }
             Err(why) => {
+                segments = segments::Segments::default();
                 let mut index = Index::new(&log_dir, options.effects_in_memory_max, &hash_keys);
                 let opened = segments::open_all(&log_dir, &segments, &mut index)?;
                 (index, opened, OpenPath::Scanned(why))

@@ -177,30 +177,48 @@ pub fn open_all(dir: &Path, segments: &Segments, index: &mut Index) -> Result<Op
     opened.ok_or_else(|| Error::Storage("no segment opened".into()))
 }
 
-/// Opens every segment in `dir` without reading them, for an index that was kept at close
-/// (index_at_close.rs; its caller has checked that it matches the log): `numbers` as
-/// [`numbers`] listed them, at least one.
-pub fn open_without_scan(
+/// Opens every segment in `dir` (`numbers`, as [`numbers`] listed them) for an index kept at
+/// close that stands for the log up to `from` (index_at_close.rs; the caller has checked that
+/// the log still holds it), scanning only what was written after it: the rest of segment
+/// `from.segments`, then every later one. Answers as [`open_all`] does, with the bytes scanned.
+pub fn open_after(
     dir: &Path,
     segments: &Segments,
     numbers: &[u32],
-) -> Result<Opened, Error> {
-    let mut last = None;
-    for n in numbers {
-        let file = Arc::new(open_file(&dir.join(file_name(*n)))?);
-        segments.push(file.clone())?;
-        last = Some(file);
+    index: &mut Index,
+    from: crate::index_at_close::LogShape,
+) -> Result<(Opened, u64), Error> {
+    let count = numbers.len();
+    let mut opened = None;
+    let mut scanned = 0u64;
+    for &n in numbers {
+        let path = dir.join(file_name(n));
+        let file = Arc::new(open_file(&path)?);
+        let segment = segments.push(file.clone())?;
+        let is_last = n as usize == count;
+        if n < from.segments {
+            continue; // wholly in the kept index, its runs reopened
+        }
+        let start = if n == from.segments { from.last_len } else { 0 };
+        let (end, len) = scan_from(&file, segment, start, is_last, index)?;
+        scanned += end - start;
+        if !is_last {
+            index.close_segment()?;
+        } else {
+            let cut_bytes = len - end;
+            if cut_bytes > 0 {
+                file.set_len(end).map_err(|e| io(&path, e))?;
+                file.sync_all().map_err(|e| io(&path, e))?;
+            }
+            opened = Some(Opened {
+                last: file.clone(),
+                last_len: end,
+                cut_bytes,
+            });
+        }
     }
-    let last = last.ok_or_else(|| Error::Storage("no segment to open".into()))?;
-    let last_len = last
-        .metadata()
-        .map_err(|e| Error::Storage(format!("the last segment: {e}")))?
-        .len();
-    Ok(Opened {
-        last,
-        last_len,
-        cut_bytes: 0,
-    })
+    let opened = opened.ok_or_else(|| Error::Storage("no segment opened".into()))?;
+    Ok((opened, scanned))
 }
 
 fn open_file(path: &Path) -> Result<File, Error> {
@@ -244,11 +262,22 @@ pub fn numbers(dir: &Path) -> Result<Vec<u32>, Error> {
 /// Scans one segment, applying its whole batches; returns where its last whole batch ends and
 /// the file's length.
 fn scan(file: &File, segment: u32, is_last: bool, index: &mut Index) -> Result<(u64, u64), Error> {
+    scan_from(file, segment, 0, is_last, index)
+}
+
+/// [`scan`] from the batch that starts at `start`.
+fn scan_from(
+    file: &File,
+    segment: u32,
+    start: u64,
+    is_last: bool,
+    index: &mut Index,
+) -> Result<(u64, u64), Error> {
     let len = file
         .metadata()
         .map_err(|e| Error::Storage(format!("segment {}: {e}", segment + 1)))?
         .len();
-    let mut pos = 0u64;
+    let mut pos = start;
     let mut buf = Vec::new();
     while pos < len {
         let at = Loc::new(segment, pos);

@@ -1086,12 +1086,9 @@ fn a_clean_close_keeps_the_index_and_the_next_open_answers_from_it_as_a_scan_wou
     let store = LogStore::open(small_segments(dir.path())).unwrap();
     assert_eq!(
         store.open_path(),
-        &marketgov_store_log::OpenPath::IndexKeptAtClose
+        &marketgov_store_log::OpenPath::IndexKeptAtClose { scanned_bytes: 0 }
     );
-    assert!(
-        !kept.exists(),
-        "the kept index is taken, not left for a later open"
-    );
+    assert!(kept.exists(), "the kept index stays good for a later open");
     let scanned = LogStore::open(small_segments(scanned_dir.path())).unwrap();
     assert!(matches!(
         scanned.open_path(),
@@ -1113,13 +1110,77 @@ fn a_clean_close_keeps_the_index_and_the_next_open_answers_from_it_as_a_scan_wou
     let store = LogStore::open(small_segments(dir.path())).unwrap();
     assert_eq!(
         store.open_path(),
-        &marketgov_store_log::OpenPath::IndexKeptAtClose
+        &marketgov_store_log::OpenPath::IndexKeptAtClose { scanned_bytes: 0 }
     );
     assert_eq!(rich_answers(&store, 420), after);
 }
 
+/// A copy of a data directory as a crash would leave it while `store` runs: every acknowledged
+/// batch is in the copy (synced, and read back through the page cache), the store's own index
+/// kept at close is whatever its last clean close left.
+fn copy_as_crashed(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(to.path().join("log")).unwrap();
+    for entry in std::fs::read_dir(from.join("log")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.path().join("log").join(path.file_name().unwrap())).unwrap();
+    }
+    to
+}
+
 #[test]
-fn a_kept_index_that_does_not_match_the_log_or_its_checksum_is_not_used() {
+fn after_a_crash_the_open_reads_the_index_kept_at_the_last_clean_close_and_scans_only_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(small_segments(dir.path())).unwrap();
+    for i in 0..150 {
+        rich_step(&store, i);
+    }
+    drop(store);
+
+    // The next process opens from the kept index, writes across several more segments, and
+    // "crashes": the copy is what it leaves, with the index of the close before it.
+    let store = LogStore::open(small_segments(dir.path())).unwrap();
+    for i in 150..260 {
+        rich_step(&store, i);
+    }
+    let expected = rich_answers(&store, 260);
+    let crashed = copy_as_crashed(dir.path());
+    drop(store);
+    let reopened = LogStore::open(small_segments(crashed.path())).unwrap();
+    match reopened.open_path() {
+        marketgov_store_log::OpenPath::IndexKeptAtClose { scanned_bytes } => {
+            // The 110 commits after the clean close span several segments: those were
+            // scanned, the 150 before them (more than half the log) were not.
+            let log: u64 = std::fs::read_dir(crashed.path().join("log"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                .map(|p| std::fs::metadata(p).unwrap().len())
+                .sum();
+            assert!(
+                *scanned_bytes > 3 * 8192 && *scanned_bytes < log / 2,
+                "{scanned_bytes} of {log}"
+            );
+        }
+        other => panic!("the kept index was not used: {other:?}"),
+    }
+    assert_eq!(rich_answers(&reopened, 260), expected);
+    // And it goes on as a scanned one would.
+    let scanned_dir = copy_without_kept_index(crashed.path());
+    let scanned = LogStore::open(small_segments(scanned_dir.path())).unwrap();
+    assert!(matches!(
+        scanned.open_path(),
+        marketgov_store_log::OpenPath::Scanned(_)
+    ));
+    for i in 260..300 {
+        rich_step(&reopened, i);
+        rich_step(&scanned, i);
+    }
+    assert_eq!(rich_answers(&reopened, 300), rich_answers(&scanned, 300));
+}
+
+#[test]
+fn a_kept_index_of_another_log_or_with_a_changed_byte_is_not_used() {
     let dir = tempfile::tempdir().unwrap();
     let kept = dir.path().join("log").join("index.at-close");
     let store = LogStore::open(small_segments(dir.path())).unwrap();
@@ -1127,22 +1188,27 @@ fn a_kept_index_that_does_not_match_the_log_or_its_checksum_is_not_used() {
         rich_step(&store, i);
     }
     drop(store);
-    let stale = std::fs::read(&kept).unwrap();
-
-    // The log grows after the index was kept (and the process then dies: no new one).
+    // A twin (same hash keys) that went further keeps an index of a log this one does not
+    // hold.
+    let twin = copy_as_crashed(dir.path());
+    let store = LogStore::open(small_segments(twin.path())).unwrap();
+    for i in 120..160 {
+        rich_step(&store, i);
+    }
+    drop(store);
     let store = LogStore::open(small_segments(dir.path())).unwrap();
     for i in 120..130 {
         rich_step(&store, i);
     }
     let expected = rich_answers(&store, 130);
     drop(store);
-    std::fs::write(&kept, &stale).unwrap();
+    std::fs::copy(twin.path().join("log").join("index.at-close"), &kept).unwrap();
     let store = LogStore::open(small_segments(dir.path())).unwrap();
     match store.open_path() {
         marketgov_store_log::OpenPath::Scanned(why) => {
             assert!(why.contains("another log"), "{why}")
         }
-        other => panic!("a stale index was used: {other:?}"),
+        other => panic!("another log's index was used: {other:?}"),
     }
     assert_eq!(rich_answers(&store, 130), expected);
     drop(store);
