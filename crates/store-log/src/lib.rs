@@ -199,7 +199,8 @@ impl LogStore {
         let mut segments = segments::Segments::default();
         let resumed = match kept {
             Ok((mut index, from)) => {
-                match segments::open_after(&log_dir, &segments, &numbers, &mut index, from) {
+                let after = (from.segments, from.last_len);
+                match segments::open_after(&log_dir, &segments, &numbers, &mut index, after) {
                     Ok((opened, scanned)) => Ok((index, opened, scanned)),
                     // What follows the kept index does not follow it: judge the whole log.
                     Err(e) => Err(format!("the log after the index kept at close: {e}")),

@@ -150,43 +150,21 @@ pub fn open_all(dir: &Path, segments: &Segments, index: &mut Index) -> Result<Op
             cut_bytes: 0,
         });
     }
-    let count = numbers.len();
-    let mut opened = None;
-    for n in numbers {
-        let path = dir.join(file_name(n));
-        let file = Arc::new(open_file(&path)?);
-        let segment = segments.push(file.clone())?;
-        let is_last = n as usize == count;
-        let (end, len) = scan(&file, segment, is_last, index)?;
-        if !is_last {
-            index.close_segment()?;
-        }
-        if is_last {
-            let cut_bytes = len - end;
-            if cut_bytes > 0 {
-                file.set_len(end).map_err(|e| io(&path, e))?;
-                file.sync_all().map_err(|e| io(&path, e))?;
-            }
-            opened = Some(Opened {
-                last: file.clone(),
-                last_len: end,
-                cut_bytes,
-            });
-        }
-    }
-    opened.ok_or_else(|| Error::Storage("no segment opened".into()))
+    // From the first byte of the first segment.
+    open_after(dir, segments, &numbers, index, (1, 0)).map(|(opened, _)| opened)
 }
 
-/// Opens every segment in `dir` (`numbers`, as [`numbers`] listed them) for an index kept at
-/// close that stands for the log up to `from` (index_at_close.rs; the caller has checked that
-/// the log still holds it), scanning only what was written after it: the rest of segment
-/// `from.segments`, then every later one. Answers as [`open_all`] does, with the bytes scanned.
+/// Opens every segment in `dir` (`numbers`, as [`numbers`] listed them, at least one) for an
+/// index that stands for the log up to `from` (segment number, offset: the index kept at close,
+/// whose caller has checked that the log still holds it; or nothing, `(1, 0)`), scanning only
+/// what follows: the rest of segment `from.0`, then every later one. Answers as [`open_all`]
+/// does, with the bytes scanned.
 pub fn open_after(
     dir: &Path,
     segments: &Segments,
     numbers: &[u32],
     index: &mut Index,
-    from: crate::index_at_close::LogShape,
+    from: (u32, u64),
 ) -> Result<(Opened, u64), Error> {
     let count = numbers.len();
     let mut opened = None;
@@ -196,10 +174,10 @@ pub fn open_after(
         let file = Arc::new(open_file(&path)?);
         let segment = segments.push(file.clone())?;
         let is_last = n as usize == count;
-        if n < from.segments {
+        if n < from.0 {
             continue; // wholly in the kept index, its runs reopened
         }
-        let start = if n == from.segments { from.last_len } else { 0 };
+        let start = if n == from.0 { from.1 } else { 0 };
         let (end, len) = scan_from(&file, segment, start, is_last, index)?;
         scanned += end - start;
         if !is_last {
@@ -259,13 +237,8 @@ pub fn numbers(dir: &Path) -> Result<Vec<u32>, Error> {
     Ok(numbers)
 }
 
-/// Scans one segment, applying its whole batches; returns where its last whole batch ends and
-/// the file's length.
-fn scan(file: &File, segment: u32, is_last: bool, index: &mut Index) -> Result<(u64, u64), Error> {
-    scan_from(file, segment, 0, is_last, index)
-}
-
-/// [`scan`] from the batch that starts at `start`.
+/// Scans one segment from the batch that starts at `start`, applying its whole batches;
+/// returns where its last whole batch ends and the file's length.
 fn scan_from(
     file: &File,
     segment: u32,
