@@ -10,7 +10,9 @@
 //! The index is small per thing stored: streams by a hash of their name, each event pointing
 //! back at its stream's previous one on disk (streams.rs); idempotency and effect keys in run
 //! files beside each closed segment, behind filters (keys.rs); pending effects in memory up to a
-//! bound, the rest waiting on disk (index.rs). It is rebuilt by a scan of every segment at open.
+//! bound, the rest waiting on disk (index.rs). A clean close keeps it (index_at_close.rs, under
+//! hash keys kept per store: hash_keys.rs); an open reads the kept index and scans only the log
+//! written after it, or, without a usable one, rebuilds it by a scan of every segment.
 //!
 //! Built because the SQLite store's writer is the largest single cost per event in the
 //! benchmarks (docs/PERFORMANCE.md): every commit there dirties B-tree pages of random-key
