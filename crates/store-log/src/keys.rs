@@ -26,12 +26,10 @@
 //! - A lookup goes newest first and stops at the first record its caller accepts, so a key
 //!   written recently is found without asking older runs.
 //!
-//! Runs are derived data: this version writes them anew at every open (the open scans every
-//! segment anyway) and never syncs them. Each run file ends with what memory keeps of it (its
-//! pages and its filter layer, `RUN_FOOTER_BYTES`), so that [`KeyTable::reopen_runs`] puts it
-//! back without reading its keys; nothing calls that yet: the index checkpoint that would say
-//! which runs to reopen, and sync them first, is not built (docs/store-log.md, "Not built yet",
-//! item 1).
+//! Runs are derived data: an open that scans writes them anew, and they are synced only before a
+//! clean close keeps the index that refers to them (index_at_close.rs). Each run file ends with
+//! what memory keeps of it (its pages and its filter layer, `RUN_FOOTER_BYTES`), so that
+//! [`KeyTable::reopen_runs`] puts it back from the kept index's plan without reading its keys.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;

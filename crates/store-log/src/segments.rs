@@ -2,7 +2,8 @@
 //! batches. Only the last is written to; a batch never spans two. Readers share the open files
 //! and read frames by location (`pread`).
 //!
-//! Opening scans every segment batch by batch and applies each to the index. What counts as the
+//! Opening scans every segment batch by batch and applies each to the index, or, after an index
+//! kept at a clean close (index_at_close.rs), only the batches after it. What counts as the
 //! torn end of the log, and what as damage:
 //! - the bytes after the last whole batch of the **last** segment, when they are at most one
 //!   batch long and do not form a whole batch (an unfinished `write` when the process or machine
