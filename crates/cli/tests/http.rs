@@ -1188,7 +1188,7 @@ fn a_new_directory_takes_the_store_asked_for_and_keeps_it() {
     // read from where the clean stop kept it instead of scanning the log.
     let server = Server::start(dir.path());
     let (_, _, stats) = server.admin("GET", "/v1/stats", None, None);
-    assert_eq!(stats["store_opened"]["scanned"], json!(false), "{stats}");
+    assert_eq!(stats["store_opened"]["full_scan"], json!(false), "{stats}");
     let (status, head, again) = server.admin("POST", "/v1/events", Some(sub), Some("k1"));
     assert_eq!(status, 200);
     assert!(head.contains("idempotent-replayed: true"), "{head}");

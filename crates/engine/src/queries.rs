@@ -292,12 +292,12 @@ impl App {
             "store_opened": self.store().open_path().map(|p| match p {
                 marketgov_store_log::OpenPath::IndexKeptAtClose { scanned_bytes } => json!({
                     "index": "kept at the last clean close, then the log written after it scanned",
-                    "scanned": false,
+                    "full_scan": false,
                     "scanned_bytes": scanned_bytes,
                 }),
                 marketgov_store_log::OpenPath::Scanned(why) => json!({
                     "index": "rebuilt by scanning every segment",
-                    "scanned": true,
+                    "full_scan": true,
                     "why": why,
                 }),
             }),
