@@ -69,10 +69,11 @@ const STACK_SIZE_SLACK: f64 = 1.25;
 /// After the two sections come the pages of both (12 bytes each: first sort key, CRC32C), the
 /// run's layer of its stack's filter as a bitmap of the stack's positions
 /// ([`StackedBloom::layer_bits`]), and this footer: magic, the id of the hash the keys are
-/// under, the key count, the capacity the stack was made for, the bitmap's words, and a
-/// CRC32C of everything after the sections (the footer's own bytes before the CRC included).
+/// under, the key count, the capacity the stack was made for, the bitmap's words, a CRC32C of
+/// the page table and the footer's bytes before it, and a CRC32C of the bitmap (so that an open
+/// that has the stack's bits whole, from the index kept at close, need not read the bitmap).
 const RUN_FOOTER_BYTES: usize = 8 + 8 + 8 + 8 + 8 + 4 + 4;
-const RUN_MAGIC: &[u8; 8] = b"MGKRUN01";
+const RUN_MAGIC: &[u8; 8] = b"MGKRUN02";
 /// Bytes per page entry in the footer's page table.
 const PAGE_RECORD_BYTES: usize = 8 + 4;
 
@@ -137,12 +138,14 @@ impl Run {
     /// Reopens the run of `segment` from its file: its pages and its filter layer from the
     /// footer, checked against its CRC, the hash id and the stack's capacity it must have been
     /// written under. The keys themselves are not read.
+    /// With `with_bits` false the bitmap is neither read nor checked (and answered empty).
     fn open(
         dir: &Path,
         suffix: &str,
         segment: u32,
         hash_id: u64,
         capacity: u64,
+        with_bits: bool,
     ) -> Result<(Self, Vec<u64>), Error> {
         let path = run_path(dir, segment, suffix);
         let corrupt = |detail: String| Error::Corrupt {
@@ -179,12 +182,19 @@ impl Run {
                 "{len} bytes, which does not fit {count} keys and {words} filter words"
             )));
         }
-        let mut rest = vec![0u8; tail as usize];
+        let table = 2 * pages * PAGE_RECORD_BYTES;
+        let read = if with_bits { tail as usize } else { table };
+        let mut rest = vec![0u8; read];
         file.read_exact_at(&mut rest, sections)
             .map_err(|e| corrupt(format!("unreadable: {e}")))?;
-        let mut crc = crc32c::crc32c(&rest);
-        crc = crc32c::crc32c_append(crc, &footer[..RUN_FOOTER_BYTES - 8]);
-        if crc.to_le_bytes() != footer[RUN_FOOTER_BYTES - 8..RUN_FOOTER_BYTES - 4] {
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c(&rest[..table]),
+            &footer[..RUN_FOOTER_BYTES - 8],
+        );
+        let bits_crc = with_bits.then(|| crc32c::crc32c(&rest[table..]));
+        if crc.to_le_bytes() != footer[RUN_FOOTER_BYTES - 8..RUN_FOOTER_BYTES - 4]
+            || bits_crc.is_some_and(|c| c.to_le_bytes() != footer[RUN_FOOTER_BYTES - 4..])
+        {
             return Err(corrupt(
                 "the run's footer does not match its checksum".into(),
             ));
@@ -200,10 +210,7 @@ impl Run {
         };
         let by_hash = page_records(0);
         let by_loc = page_records(pages * PAGE_RECORD_BYTES);
-        let bits = rest[2 * pages * PAGE_RECORD_BYTES..]
-            .chunks_exact(8)
-            .map(le)
-            .collect();
+        let bits = rest[table..].chunks_exact(8).map(le).collect();
         Ok((
             Self {
                 segment,
@@ -572,14 +579,17 @@ impl KeyTable {
                 run_path(&self.dir, segment, self.suffix).display()
             )));
         }
-        let footer_from = buf.len();
+        let table_from = buf.len();
         for page in hash_pages.iter().chain(&loc_pages) {
             buf.extend_from_slice(&page.first.to_le_bytes());
             buf.extend_from_slice(&page.crc.to_le_bytes());
         }
+        let bits_from = buf.len();
         for word in &bits {
             buf.extend_from_slice(&word.to_le_bytes());
         }
+        let bits_crc = crc32c::crc32c(&buf[bits_from..]);
+        let footer_from = buf.len();
         buf.extend_from_slice(RUN_MAGIC);
         for field in [
             self.gate.hasher.id(),
@@ -589,9 +599,12 @@ impl KeyTable {
         ] {
             buf.extend_from_slice(&field.to_le_bytes());
         }
-        let crc = crc32c::crc32c(&buf[footer_from..]);
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c(&buf[table_from..bits_from]),
+            &buf[footer_from..],
+        );
         buf.extend_from_slice(&crc.to_le_bytes());
-        buf.extend_from_slice(&[0; 4]);
+        buf.extend_from_slice(&bits_crc.to_le_bytes());
         let (path, file) = write_run_file(&self.dir, segment, self.suffix, &buf)?;
         stack.runs.push(Some(Run {
             segment,
@@ -626,7 +639,7 @@ impl KeyTable {
         }
         let plan = self.stack_plan();
         o.u64(plan.len() as u64);
-        for stack in &plan {
+        for (stack, kept) in plan.iter().zip(&self.stacks) {
             o.u64(stack.capacity);
             o.u64(stack.layers.len() as u64);
             for layer in &stack.layers {
@@ -637,6 +650,14 @@ impl KeyTable {
                     }
                     None => o.u8(0),
                 }
+            }
+            // The stack's bits whole: putting them back moves no bit (layer by layer from the
+            // runs' footers, an open at 10^7 events spent about a second on it).
+            let (width, words) = kept.filter.parts();
+            o.u32(width);
+            o.u64(words.len() as u64);
+            for w in words {
+                o.u64(*w);
             }
         }
         match &self.gate.filter {
@@ -690,7 +711,11 @@ impl KeyTable {
                         _ => Some(i.u32()?),
                     });
                 }
-                plan.push(StackPlan { capacity, layers });
+                let width = i.u32()?;
+                let words = (0..i.count(8)?)
+                    .map(|_| i.u64())
+                    .collect::<Result<Vec<_>, _>>()?;
+                plan.push((StackPlan { capacity, layers }, width, words));
             }
             let filter = match i.u8()? {
                 0 => None,
@@ -717,7 +742,41 @@ impl KeyTable {
                 .ok_or_else(|| bad(Bad::Invalid("its filter does not fit".into())))?;
             self.gate.filter = Some(Arc::new(filter));
         }
-        self.reopen_runs(&plan, open_segment)?;
+        let mut stacks = Vec::with_capacity(plan.len());
+        for (p, width, words) in plan {
+            let filter = StackedBloom::from_parts(
+                p.capacity,
+                RUN_FALSE_POSITIVES,
+                p.layers.len(),
+                width,
+                words,
+            )
+            .ok_or_else(|| {
+                bad(Bad::Invalid(
+                    "a stack's filter does not fit its shape".into(),
+                ))
+            })?;
+            let mut runs = Vec::with_capacity(p.layers.len());
+            for layer in &p.layers {
+                runs.push(match layer {
+                    Some(segment) if *segment < open_segment => {
+                        let id = self.gate.hasher.id();
+                        let (run, _) =
+                            Run::open(&self.dir, self.suffix, *segment, id, p.capacity, false)?;
+                        Some(run)
+                    }
+                    Some(segment) => {
+                        return Err(bad(Bad::Invalid(format!(
+                            "a run of segment {segment} in a table open at {open_segment}"
+                        ))))
+                    }
+                    None => None,
+                });
+            }
+            stacks.push(RunStack { filter, runs });
+        }
+        self.stacks = stacks;
+        self.open_segment = open_segment;
         self.open = open;
         self.open_more = open_more;
         self.open_order = open_order;
@@ -756,6 +815,7 @@ impl KeyTable {
                 filter: StackedBloom::new(p.capacity, RUN_FALSE_POSITIVES),
                 runs: Vec::with_capacity(p.layers.len()),
             };
+            stack.filter.reserve_layers(p.layers.len());
             for layer in &p.layers {
                 let run = match layer {
                     Some(segment) if *segment < open_segment => {
@@ -765,6 +825,7 @@ impl KeyTable {
                             *segment,
                             self.gate.hasher.id(),
                             p.capacity,
+                            true,
                         )?;
                         if stack.filter.push_layer_bits(&bits).is_none() {
                             return Err(Error::Corrupt {

@@ -181,10 +181,62 @@ impl StackedBloom {
         self.shape.blocks as usize * BLOCK_BITS as usize
     }
 
-    /// The field of position `p` at `width`: its word and its shift in it.
+    /// The field of position `p` at `width`: its word and its shift in it. `width` is a power
+    /// of two (8 to 64), so the fields per word are too: shifts and masks, not a division (this
+    /// runs for every bit of every lookup, and for every bit of a layer put back at open).
     fn field(p: usize, width: u32) -> (usize, u32) {
-        let per_word = (64 / width) as usize;
-        (p / per_word, (p % per_word) as u32 * width)
+        debug_assert!(width.is_power_of_two() && width <= 64);
+        let per_word_log2 = 6 - width.trailing_zeros();
+        let in_word = (p & ((1 << per_word_log2) - 1)) as u32;
+        (p >> per_word_log2, in_word << width.trailing_zeros())
+    }
+
+    /// Makes room for `layers` layers at once (at most [`STACKED_LAYERS_MAX`]), so that
+    /// putting back a stack of known size does not copy it at every doubling.
+    pub fn reserve_layers(&mut self, layers: usize) {
+        let wanted = (layers.min(STACKED_LAYERS_MAX) as u32).max(1);
+        if self.layers == 0 && self.width < wanted {
+            // Nothing to copy: the room is made at its final width.
+            let width = wanted.next_power_of_two().max(STACKED_WIDTH_MIN);
+            self.words = vec![0u64; self.positions().div_ceil((64 / width) as usize)];
+            self.width = width;
+        }
+        while self.width < wanted {
+            self.widen();
+        }
+    }
+
+    /// Its bits as they are in memory, `(width, words)`, to be kept whole and put back by
+    /// [`StackedBloom::from_parts`] (cheaper than layer by layer: no bit is moved).
+    pub fn parts(&self) -> (u32, &[u64]) {
+        (self.width, &self.words)
+    }
+
+    /// A stack made for `capacity` and `false_positives` holding `layers` layers, from what
+    /// [`StackedBloom::parts`] gave; `None` when they are not of that shape (a width that is
+    /// not a power of two from 8 to 64 or too narrow for the layers, or another word count).
+    pub fn from_parts(
+        capacity: u64,
+        false_positives: f64,
+        layers: usize,
+        width: u32,
+        words: Vec<u64>,
+    ) -> Option<Self> {
+        let mut stack = Self::new(capacity, false_positives);
+        if layers == 0 {
+            return words.is_empty().then_some(stack);
+        }
+        let fits = width.is_power_of_two()
+            && (STACKED_WIDTH_MIN..=64).contains(&width)
+            && layers <= width as usize
+            && words.len() == stack.positions().div_ceil((64 / width) as usize);
+        if !fits {
+            return None;
+        }
+        stack.width = width;
+        stack.words = words;
+        stack.layers = layers;
+        Some(stack)
     }
 
     /// Room for twice the layers (or the first [`STACKED_WIDTH_MIN`]): every field copied
@@ -460,6 +512,21 @@ mod tests {
     }
 
     #[test]
+    fn a_field_is_where_the_division_puts_it() {
+        for width in [8u32, 16, 32, 64] {
+            let per_word = (64 / width) as usize;
+            for p in 0..10_000 {
+                let expected = (p / per_word, (p % per_word) as u32 * width);
+                assert_eq!(
+                    StackedBloom::field(p, width),
+                    expected,
+                    "width {width}, p {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_layer_taken_out_as_bits_and_put_back_answers_as_before() {
         let mut stack = StackedBloom::new(5_000, 0.005);
         for layer in 0..12u64 {
@@ -469,6 +536,7 @@ mod tests {
         // its layer.
         let order = [3usize, 0, 11, 7];
         let mut copy = StackedBloom::new(5_000, 0.005);
+        copy.reserve_layers(order.len());
         for layer in 0..12u64 {
             let of = stack.bitmap_of((0..5_000).map(|i| h(layer * 1_000_000 + i)));
             assert_eq!(Some(of), stack.layer_bits(layer as usize));
@@ -494,6 +562,16 @@ mod tests {
         }
         assert!(maybes >= 4 * 5_000, "every held hash is maybe: {maybes}");
         assert!(stack.layer_bits(12).is_none());
+        // Kept whole: the same answers, and a shape that does not fit is refused.
+        let (width, words) = stack.parts();
+        let whole =
+            StackedBloom::from_parts(5_000, 0.005, stack.layers(), width, words.to_vec()).unwrap();
+        for i in 0..50_000u64 {
+            assert_eq!(whole.may_contain(h(i)), stack.may_contain(h(i)));
+        }
+        assert!(StackedBloom::from_parts(5_000, 0.005, 12, 12, words.to_vec()).is_none());
+        assert!(StackedBloom::from_parts(5_000, 0.005, 12, width, words[1..].to_vec()).is_none());
+        assert!(StackedBloom::from_parts(50_000, 0.005, 12, width, words.to_vec()).is_none());
         // A bitmap of another shape is refused, and changes nothing.
         let other = StackedBloom::new(50_000, 0.005);
         assert!(copy
