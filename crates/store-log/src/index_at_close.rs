@@ -181,6 +181,17 @@ fn parse(
     Ok((index, kept))
 }
 
+/// The error for damage found in `part` of the index kept at close (each table reads its own).
+pub(crate) fn damaged(part: &str) -> impl Fn(Bad) -> Error + Copy + '_ {
+    move |b| Error::Corrupt {
+        location: format!("{part} of the index kept at close"),
+        detail: match b {
+            Bad::Short => "cut short".into(),
+            Bad::Invalid(why) => why,
+        },
+    }
+}
+
 fn describe(b: Bad) -> String {
     match b {
         Bad::Short => "the index kept at close is cut short".into(),
@@ -253,10 +264,7 @@ fn save(o: &mut Out, index: &Index, shape: LogShape, keys_id: u64) {
 }
 
 fn restore(i: &mut In, index: &mut Index) -> Result<(), Error> {
-    let bad = |b: Bad| Error::Corrupt {
-        location: "the index kept at close".into(),
-        detail: describe(b),
-    };
+    let bad = damaged("the body");
     let loc = |i: &mut In| i.u64().map(Loc::from_raw);
     index.head = Head {
         seq: i.u64().map_err(bad)?,

@@ -680,13 +680,8 @@ impl KeyTable {
     /// Reads what [`KeyTable::save`] wrote into this empty table of the same kind, and
     /// reopens its runs from their files.
     pub(crate) fn restore(&mut self, i: &mut In) -> Result<(), Error> {
-        let bad = |b: Bad| Error::Corrupt {
-            location: format!("the {} keys of the index kept at close", self.suffix),
-            detail: match b {
-                Bad::Short => "cut short".into(),
-                Bad::Invalid(why) => why,
-            },
-        };
+        let part = format!("the {} keys", self.suffix);
+        let bad = crate::index_at_close::damaged(&part);
         let r = |i: &mut In| -> Result<_, Bad> {
             let open_segment = i.u32()?;
             let mut open = PrehashedMap::default();

@@ -447,13 +447,7 @@ impl StreamTable {
     /// Reads what [`StreamTable::save`] wrote into this empty table, and reopens its name
     /// runs from their files.
     pub(crate) fn restore(&mut self, i: &mut In) -> Result<(), Error> {
-        let bad = |b: Bad| Error::Corrupt {
-            location: "the stream slots of the index kept at close".into(),
-            detail: match b {
-                Bad::Short => "cut short".into(),
-                Bad::Invalid(why) => why,
-            },
-        };
+        let bad = crate::index_at_close::damaged("the stream slots");
         for map in &mut self.slots {
             let n = i.count(8 + SLOT_BYTES).map_err(bad)?;
             map.reserve(n);
