@@ -61,6 +61,13 @@ impl Shape {
         ((u128::from(hash) * u128::from(self.blocks)) >> 64) as usize
     }
 
+    /// The positions of `hash`'s bits in the whole filter: its block's first bit plus each of
+    /// [`Shape::bits`].
+    fn positions(self, hash: u64) -> impl Iterator<Item = usize> {
+        let base = self.block(hash) * BLOCK_BITS as usize;
+        self.bits(hash).map(move |bit| base + bit as usize)
+    }
+
     /// The positions of `hash`'s bits inside its block: from a remix of the whole hash, nine
     /// bits each.
     fn bits(self, hash: u64) -> impl Iterator<Item = u64> {
@@ -269,9 +276,8 @@ impl StackedBloom {
             self.widen();
         }
         for hash in hashes {
-            let base = self.shape.block(hash) * BLOCK_BITS as usize;
-            for bit in self.shape.bits(hash) {
-                let (w, shift) = Self::field(base + bit as usize, self.width);
+            for p in self.shape.positions(hash) {
+                let (w, shift) = Self::field(p, self.width);
                 self.words[w] |= 1 << (shift + layer as u32);
             }
         }
@@ -306,9 +312,7 @@ impl StackedBloom {
     pub fn bitmap_of(&self, hashes: impl IntoIterator<Item = u64>) -> Vec<u64> {
         let mut bits = vec![0u64; self.layer_words()];
         for hash in hashes {
-            let base = self.shape.block(hash) * BLOCK_BITS as usize;
-            for bit in self.shape.bits(hash) {
-                let p = base + bit as usize;
+            for p in self.shape.positions(hash) {
                 bits[p / 64] |= 1 << (p % 64);
             }
         }
@@ -347,10 +351,9 @@ impl StackedBloom {
             return 0;
         }
         let mask = field_mask(self.width);
-        let base = self.shape.block(hash) * BLOCK_BITS as usize;
         let mut maybe = u64::MAX >> (64 - self.layers);
-        for bit in self.shape.bits(hash) {
-            let (w, shift) = Self::field(base + bit as usize, self.width);
+        for p in self.shape.positions(hash) {
+            let (w, shift) = Self::field(p, self.width);
             maybe &= self.words.get(w).map_or(0, |word| (word >> shift) & mask);
         }
         maybe
