@@ -824,6 +824,7 @@ fn report(
         "peak_rss_mib": peak as f64 / (1024.0 * 1024.0),
         // The log-structured store's index at the end of the run (null for SQLite).
         "store_index_memory": after["store_index_memory"].clone(),
+        "store_segments_prepared": after["store_segments_prepared"].clone(),
         "store_bytes_per_event": n(after, &["store_bytes"]) as f64 / n(after, &["events_processed"]).max(1) as f64,
         "commit_batch_size_mean": commits as f64 / batches as f64,
         "coordination_compute_ratio": handle.saturating_sub(decide) as f64 / decide.max(1) as f64,

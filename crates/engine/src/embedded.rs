@@ -102,6 +102,15 @@ impl EmbeddedStore {
             Self::Log(s) => Some(s.index_memory()),
         }
     }
+
+    /// The log-structured store's segments started from a prepared file, and started as
+    /// ordinary files because theirs was not ready, since the open (`None` for SQLite).
+    pub fn prepared_segments(&self) -> Option<(u64, u64)> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Log(s) => Some(s.prepared_segments()),
+        }
+    }
 }
 
 impl Store for EmbeddedStore {

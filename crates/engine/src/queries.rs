@@ -311,6 +311,11 @@ impl App {
                 "other": m.other,
                 "meaning": "the log-structured store's index in memory, by part, estimated from its structures' sizes",
             })),
+            "store_segments_prepared": self.store().prepared_segments().map(|(prepared, not_ready)| json!({
+                "prepared": prepared,
+                "not_ready": not_ready,
+                "meaning": "segments of the log-structured store started from a file written with zeros ahead of use, and started as ordinary growing files because theirs was not ready, since the open",
+            })),
             "known_keys": known_json(&keys, "in-memory filter of stored idempotency keys: a new key needs no read once loaded"),
             "known_streams": known_json(&streams, "in-memory filter of stored customer streams: a new customer needs no read once loaded"),
         }))

@@ -46,12 +46,9 @@ pub struct LogShape {
 }
 
 impl LogShape {
-    /// The shape of the log whose last segment is `last` (`segments` in all).
-    pub fn of(segments: u32, last: &File) -> Result<Self, Error> {
-        let last_len = last
-            .metadata()
-            .map_err(|e| Error::Storage(format!("the last segment: {e}")))?
-            .len();
+    /// The shape of the log whose last segment is `last` (`segments` in all), its last batch
+    /// ending at `last_len` (a prepared segment's file goes on with zeros).
+    pub fn of(segments: u32, last: &File, last_len: u64) -> Result<Self, Error> {
         Ok(Self {
             segments,
             last_len,

@@ -34,6 +34,7 @@ mod index_at_close;
 #[doc(hidden)]
 pub mod keys;
 mod prehashed;
+mod prepared;
 mod segments;
 mod streams;
 mod writer;
@@ -79,7 +80,9 @@ pub struct Options {
     /// Pending effects held in memory at most; more are held on disk only, and come back to
     /// memory as those before them are done (about 70 bytes each in memory).
     pub effects_in_memory_max: usize,
-    /// A new segment file is started when the current one would pass this many bytes.
+    /// The largest segment capacity: a new segment file is started when a batch would take the
+    /// current one past its capacity, 16 MiB for the first, doubling up to this
+    /// (`prepared::capacity`).
     pub segment_bytes_max: u64,
     /// Test seam: makes a chosen batch fail or wait.
     pub fault: Option<Arc<FaultInjector>>,
@@ -131,6 +134,8 @@ pub(crate) struct Shared {
     pub fault: Option<Arc<FaultInjector>>,
     /// Whether the syncer waits for a batch (the builder then hands its batch on at once).
     pub syncer_idle: std::sync::atomic::AtomicBool,
+    /// Where the durable log ends in its last segment (a prepared segment's file is longer).
+    pub log_end: AtomicU64,
 }
 
 impl Shared {
@@ -157,6 +162,7 @@ pub struct LogStore {
     key_gate: keys::KeyGate,
     hash_keys: hash_keys::HashKeys,
     open_path: OpenPath,
+    prepared: prepared::Watch,
 }
 
 /// How an open found the index.
@@ -187,6 +193,7 @@ impl LogStore {
         })?;
         let log_dir = segments::dir_of(&options.dir);
         let (hash_keys, _) = hash_keys::HashKeys::load_or_create(&log_dir)?;
+        prepared::remove_leftovers(&log_dir).map_err(Error::Storage)?;
         let numbers = segments::numbers(&log_dir)?;
         let kept = if numbers.is_empty() {
             Err("a new log".to_owned())
@@ -235,6 +242,7 @@ impl LogStore {
             batches: AtomicU64::new(0),
             fault: options.fault.clone(),
             syncer_idle: std::sync::atomic::AtomicBool::new(true),
+            log_end: AtomicU64::new(opened.last_len),
         });
         let (tx, rx) = sync_channel(options.commit_queue_max);
         // A rendezvous: the builder is never more than one batch ahead of the syncer.
@@ -247,6 +255,8 @@ impl LogStore {
                 .map_err(|_| Error::Storage("index poisoned".into()))?;
             (index.batch, index.head)
         };
+        let preparer = prepared::Preparer::start(&log_dir).map_err(Error::Unavailable)?;
+        let prepared = preparer.watch();
         let s = writer::Syncer {
             shared: shared.clone(),
             dir: options.dir.clone(),
@@ -254,6 +264,8 @@ impl LogStore {
             segment,
             len: opened.last_len,
             spares: spares_tx,
+            segment_bytes_max: options.segment_bytes_max,
+            preparer: Some(preparer),
         };
         let syncer = std::thread::Builder::new()
             .name("marketgov-store-syncer".into())
@@ -291,7 +303,20 @@ impl LogStore {
             key_gate,
             hash_keys,
             open_path,
+            prepared,
         })
+    }
+
+    /// Segments started prepared (prepared.rs), and started as ordinary files because theirs
+    /// was not ready in time, since the open.
+    pub fn prepared_segments(&self) -> (u64, u64) {
+        self.prepared.counts()
+    }
+
+    /// Test seam: waits at most `timeout` until the next segment is prepared; its number.
+    #[doc(hidden)]
+    pub fn wait_for_prepared_segment(&self, timeout: std::time::Duration) -> Option<u32> {
+        self.prepared.wait_ready(timeout)
     }
 
     /// How the last open found the index: kept at the previous clean close, or by scanning
@@ -300,13 +325,24 @@ impl LogStore {
         &self.open_path
     }
 
-    /// The store's size on disk: its segments, in bytes.
+    /// The store's size on disk: its segments and the files beside them, in bytes; the room a
+    /// prepared segment has not used yet (prepared.rs) is not counted.
     pub fn bytes_on_disk(&self) -> u64 {
+        let last = segments::file_name(self.shared.segments.len().max(1) as u32);
+        let end = self.shared.log_end.load(Ordering::Acquire);
         std::fs::read_dir(segments::dir_of(&self.dir))
             .map(|entries| {
                 entries
-                    .filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
+                    .filter_map(|e| {
+                        let e = e.ok()?;
+                        let name = e.file_name();
+                        let name = name.to_str()?;
+                        if name.ends_with(".prep") {
+                            return None;
+                        }
+                        let len = e.metadata().ok()?.len();
+                        Some(if name == last { len.min(end) } else { len })
+                    })
                     .sum()
             })
             .unwrap_or(0)
@@ -436,7 +472,8 @@ impl LogStore {
         }
         let count = self.shared.segments.len();
         let last = self.shared.segments.file((count.max(1) - 1) as u32)?;
-        let shape = index_at_close::LogShape::of(count as u32, &last)?;
+        let end = self.shared.log_end.load(Ordering::Acquire);
+        let shape = index_at_close::LogShape::of(count as u32, &last, end)?;
         let index = self
             .shared
             .index

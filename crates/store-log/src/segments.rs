@@ -9,6 +9,11 @@
 //!   batch long and do not form a whole batch (an unfinished `write` when the process or machine
 //!   stopped; never acknowledged, since a batch is acknowledged only after its sync and the next
 //!   batch is written only after that): cut off, and the cut is synced;
+//! - zeros after that in the last segment: the room a prepared segment (prepared.rs) has not
+//!   used yet, kept (a torn write is cut off with the room after it). Only one batch's worth of
+//!   bytes after the end ([`TORN_BYTES_MAX`]) and [`ROOM_CHECKED_BYTES`] beyond it are read:
+//!   damage that wipes more than a whole batch of the last segment and leaves zeros is taken
+//!   for its end (as PostgreSQL takes a WAL's first bad record for its end);
 //! - anything else that does not check out (a bad frame inside a whole batch, a batch followed by
 //!   more data, a short batch in an earlier segment, records that do not follow the log): the
 //!   store refuses to open with [`Error::Corrupt`] naming the segment and offset.
@@ -27,6 +32,11 @@ use crate::index::{Index, Loc};
 pub const SEGMENT_BYTES_MAX: u64 = 256 << 20;
 /// One batch's bytes at most (the writer closes a batch before it grows past this).
 pub const BATCH_BYTES_MAX: u64 = 32 << 20;
+/// Bytes after the last whole batch that may be a torn write: one batch and its header.
+pub const TORN_BYTES_MAX: u64 = BATCH_BYTES_MAX + BEGIN_FRAME_BYTES as u64;
+/// Bytes past [`TORN_BYTES_MAX`] after the end checked to be zeros at open: more data there is
+/// damage, not a torn write.
+pub const ROOM_CHECKED_BYTES: u64 = 1 << 20;
 
 /// The segments' directory inside the data directory.
 pub fn dir_of(data_dir: &Path) -> PathBuf {
@@ -138,6 +148,23 @@ pub struct Opened {
     pub cut_bytes: u64,
 }
 
+/// Where the scan of a segment stopped: the end of its last whole batch, the file's length, and
+/// what follows the end in the last segment.
+struct Scanned {
+    end: u64,
+    len: u64,
+    tail: Tail,
+}
+
+/// What follows the last whole batch of the last segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// Nothing, or only zeros (a prepared segment's room).
+    Clean,
+    /// A torn write, then zeros or the file's end.
+    Torn,
+}
+
 /// Opens every segment in `dir` (creating the first if there is none), applying each batch to
 /// `index` in order.
 pub fn open_all(dir: &Path, segments: &Segments, index: &mut Index) -> Result<Opened, Error> {
@@ -179,16 +206,21 @@ pub fn open_after(
             continue; // wholly in the kept index, its runs reopened
         }
         let start = if n == from.0 { from.1 } else { 0 };
-        let (end, len) = scan_from(&file, segment, start, is_last, index)?;
+        let Scanned { end, len, tail } = scan_from(&file, segment, start, is_last, index)?;
         scanned += end - start;
         if !is_last {
             index.close_segment()?;
         } else {
-            let cut_bytes = len - end;
-            if cut_bytes > 0 {
-                file.set_len(end).map_err(|e| io(&path, e))?;
-                file.sync_all().map_err(|e| io(&path, e))?;
-            }
+            // A torn write is cut off with any room after it: the segment then grows as an
+            // ordinary file until it is closed (simpler than zeroing it, and only after a crash).
+            let cut_bytes = match tail {
+                Tail::Clean => 0,
+                Tail::Torn => {
+                    file.set_len(end).map_err(|e| io(&path, e))?;
+                    file.sync_all().map_err(|e| io(&path, e))?;
+                    len - end
+                }
+            };
             opened = Some(Opened {
                 last: file.clone(),
                 last_len: end,
@@ -239,14 +271,14 @@ pub fn numbers(dir: &Path) -> Result<Vec<u32>, Error> {
 }
 
 /// Scans one segment from the batch that starts at `start`, applying its whole batches;
-/// returns where its last whole batch ends and the file's length.
+/// returns where its last whole batch ends, the file's length and what follows.
 fn scan_from(
     file: &File,
     segment: u32,
     start: u64,
     is_last: bool,
     index: &mut Index,
-) -> Result<(u64, u64), Error> {
+) -> Result<Scanned, Error> {
     let len = file
         .metadata()
         .map_err(|e| Error::Storage(format!("segment {}: {e}", segment + 1)))?
@@ -260,13 +292,14 @@ fn scan_from(
             Err(damage) => {
                 // Only the final, unfinished write of the log may be cut off: nothing whole
                 // may follow it.
-                let tail = len - pos;
-                if is_last
-                    && damage.torn
-                    && tail <= BATCH_BYTES_MAX + BEGIN_FRAME_BYTES as u64
-                    && !batch_begins_after(file, pos, len)?
-                {
-                    return Ok((pos, len));
+                if is_last && damage.torn {
+                    if let Some(tail) = tail_after(file, pos, len)? {
+                        return Ok(Scanned {
+                            end: pos,
+                            len,
+                            tail,
+                        });
+                    }
                 }
                 return Err(corrupt(at, damage.detail));
             }
@@ -274,18 +307,54 @@ fn scan_from(
         apply_batch(&buf, segment, pos, index)?;
         pos += buf.len() as u64;
     }
-    Ok((pos, len))
+    Ok(Scanned {
+        end: pos,
+        len,
+        tail: Tail::Clean,
+    })
 }
 
-/// Whether a whole `Begin` frame starts anywhere after `pos` (at most one batch from the end):
-/// then the damage at `pos` is not a torn final write, since the next batch is written only
-/// after the one before it is synced.
-fn batch_begins_after(file: &File, pos: u64, len: u64) -> Result<bool, Error> {
-    let mut tail = vec![0u8; (len - pos) as usize];
-    file.read_exact_at(&mut tail, pos)
-        .map_err(|e| Error::Storage(format!("reading the end of the log: {e}")))?;
-    Ok((1..tail.len())
-        .any(|at| matches!(frame::decode(&tail[at..]), Ok((Record::Begin { .. }, _)))))
+/// What follows the last whole batch at `pos` of the last segment (`len` bytes long), if it can
+/// be the log's end: zeros, or a torn write (at most one batch of bytes, no whole `Begin` frame
+/// after `pos`: the next batch is written only after the one before it is synced) followed by
+/// zeros. `None`: anything else, which is damage.
+fn tail_after(file: &File, pos: u64, len: u64) -> Result<Option<Tail>, Error> {
+    let read = |from: u64, to: u64| -> Result<Vec<u8>, Error> {
+        let mut bytes = vec![0u8; (to - from) as usize];
+        file.read_exact_at(&mut bytes, from)
+            .map_err(|e| Error::Storage(format!("reading the end of the log: {e}")))?;
+        Ok(bytes)
+    };
+    let window_end = len.min(pos + TORN_BYTES_MAX);
+    let window = read(pos, window_end)?;
+    let room = read(window_end, len.min(window_end + ROOM_CHECKED_BYTES))?;
+    if room.iter().any(|b| *b != 0) {
+        return Ok(None);
+    }
+    if window.iter().all(|b| *b == 0) {
+        return Ok(Some(Tail::Clean));
+    }
+    if begins_within(&window) {
+        return Ok(None);
+    }
+    Ok(Some(Tail::Torn))
+}
+
+/// Whether `file` holds only zeros from `from` to `to`.
+fn zeros_in(file: &File, from: u64, to: u64) -> std::io::Result<bool> {
+    let mut bytes = vec![0u8; to.saturating_sub(from) as usize];
+    file.read_exact_at(&mut bytes, from)?;
+    Ok(bytes.iter().all(|b| *b == 0))
+}
+
+/// Whether a whole `Begin` frame starts anywhere in `tail` after its first byte.
+fn begins_within(tail: &[u8]) -> bool {
+    // A Begin frame's length field is fixed: only where it is found is a decode tried.
+    let begin_length = ((BEGIN_FRAME_BYTES - frame::FRAME_HEADER_BYTES) as u32).to_le_bytes();
+    (1..tail.len()).any(|at| {
+        tail[at..].starts_with(&begin_length)
+            && matches!(frame::decode(&tail[at..]), Ok((Record::Begin { .. }, _)))
+    })
 }
 
 struct Damage {
@@ -326,9 +395,17 @@ fn read_batch(file: &File, at: Loc, len: u64, buf: &mut Vec<u8>) -> Result<(), D
         pos + BEGIN_FRAME_BYTES as u64,
     )
     .map_err(|e| torn(format!("unreadable: {e}")))?;
-    // A whole batch that is the last thing in the file may still be an unfinished write whose
-    // pages did not all reach the disk; one with more after it was synced before the next began.
-    let last_in_file = whole == left;
+    // A whole batch that is the last thing in the file (or followed only by a prepared room's
+    // zeros) may still be an unfinished write whose pages did not all reach the disk; one with
+    // more after it was synced before the next began.
+    let after = pos + whole;
+    let last_in_file = whole == left
+        || zeros_in(
+            file,
+            after,
+            (pos + TORN_BYTES_MAX + ROOM_CHECKED_BYTES).min(pos + left),
+        )
+        .unwrap_or(false);
     let mut off = BEGIN_FRAME_BYTES;
     let mut ended = false;
     while off < buf.len() {
@@ -384,4 +461,55 @@ fn apply_batch(buf: &[u8], segment: u32, pos: u64, index: &mut Index) -> Result<
         off += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `len` zeros (sparse) with `bytes` written at `at`.
+    fn file_with(len: u64, writes: &[(u64, &[u8])]) -> (tempfile::TempDir, File) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("t.seg"))
+            .unwrap();
+        file.set_len(len).unwrap();
+        for (at, bytes) in writes {
+            file.write_all_at(bytes, *at).unwrap();
+        }
+        (dir, file)
+    }
+
+    fn begin_frame(batch: u64) -> Vec<u8> {
+        let mut buf = Vec::new();
+        frame::encode(&Record::Begin { batch, length: 9 }, &mut buf);
+        buf
+    }
+
+    #[test]
+    fn what_follows_the_end_of_a_prepared_segment_is_told_apart() {
+        let pos = 1000;
+        let len = pos + TORN_BYTES_MAX + 2 * ROOM_CHECKED_BYTES;
+        // Only zeros: the room, kept.
+        let (_d, f) = file_with(len, &[]);
+        assert_eq!(tail_after(&f, pos, len).unwrap(), Some(Tail::Clean));
+        // A torn write, then zeros: cut off.
+        let (_d, f) = file_with(len, &[(pos, &[7u8; 300])]);
+        assert_eq!(tail_after(&f, pos, len).unwrap(), Some(Tail::Torn));
+        // A whole Begin frame after the torn bytes: damage followed by a batch.
+        let (_d, f) = file_with(len, &[(pos, &[7u8; 3]), (pos + 3, &begin_frame(5))]);
+        assert_eq!(tail_after(&f, pos, len).unwrap(), None);
+        // Data past one batch of the end, where only a room's zeros can be: damage.
+        let far = pos + TORN_BYTES_MAX + 10;
+        let (_d, f) = file_with(len, &[(far, &[1u8])]);
+        assert_eq!(tail_after(&f, pos, len).unwrap(), None);
+        // Beyond what is checked, not read (see the module's note).
+        let beyond = pos + TORN_BYTES_MAX + ROOM_CHECKED_BYTES + 10;
+        let (_d, f) = file_with(len, &[(beyond, &[1u8])]);
+        assert_eq!(tail_after(&f, pos, len).unwrap(), Some(Tail::Clean));
+    }
 }

@@ -34,6 +34,7 @@ use tokio::sync::oneshot;
 
 use crate::frame::{self, table_code, Record, StreamPrev};
 use crate::index::{EffectState, Index, Key, Loc};
+use crate::prepared::{self, Preparer};
 use crate::segments::{self, Segments, BATCH_BYTES_MAX};
 use crate::{FaultMode, Shared};
 
@@ -123,6 +124,10 @@ pub(crate) struct Syncer {
     pub segment: u32,
     pub len: u64,
     pub spares: SyncSender<Spare>,
+    /// See [`crate::Options::segment_bytes_max`].
+    pub segment_bytes_max: u64,
+    /// Prepares the next segment (prepared.rs); `None`: none is prepared.
+    pub preparer: Option<Preparer>,
 }
 
 /// What the commits before this one in the batch changed, layered over the index.
@@ -361,7 +366,8 @@ impl Writer {
         };
         // Planned here so that the next batch can point back into this one.
         let size = batch.buf.len() as u64;
-        let (segment, base) = if self.len > 0 && self.len + size > self.segment_bytes_max {
+        let capacity = prepared::capacity(self.segment + 1, self.segment_bytes_max);
+        let (segment, base) = if self.len > 0 && self.len + size > capacity {
             if self.segment + 2 >= SEGMENTS_MAX {
                 // Files count from 1.
                 let acks = batch.answers.into_iter().map(|(a, _)| a).collect();
@@ -622,8 +628,30 @@ impl Syncer {
                 .map_err(|_| "index poisoned".to_string())?
                 .close_segment()
                 .map_err(|e| e.to_string())?;
-            let file = segments::create(&segments::dir_of(&self.dir), batch.segment + 1)
-                .map_err(|e| e.to_string())?;
+            // A segment before the last ends with its last batch: the room a prepared one did
+            // not use goes, durably, before the next segment exists.
+            let closed = self.segment + 1;
+            let file_len = self
+                .file
+                .metadata()
+                .map_err(|e| format!("segment {closed}: {e}"))?
+                .len();
+            if file_len > self.len {
+                self.file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_all())
+                    .map_err(|e| format!("cutting segment {closed} to its end: {e}"))?;
+            }
+            let number = batch.segment + 1;
+            let prepared = match &mut self.preparer {
+                Some(p) => p.take(number)?,
+                None => None,
+            };
+            let file = match prepared {
+                Some(file) => file,
+                None => segments::create(&segments::dir_of(&self.dir), number)
+                    .map_err(|e| e.to_string())?,
+            };
             let file = Arc::new(file);
             self.segment = self
                 .shared
@@ -681,6 +709,14 @@ impl Syncer {
         }
         drop(index);
         self.len += batch.buf.len() as u64;
+        self.shared.log_end.store(self.len, Ordering::Release);
+        let number = self.segment + 1;
+        if let Some(p) = &self.preparer {
+            if self.len >= prepared::prepare_after(number, self.segment_bytes_max) {
+                let next = number + 1;
+                p.want(next, prepared::capacity(next, self.segment_bytes_max));
+            }
+        }
         Ok(())
     }
 }

@@ -1255,3 +1255,144 @@ fn a_kept_index_of_another_log_or_with_a_changed_byte_is_not_used() {
     }
     assert_eq!(rich_answers(&store, 130), expected);
 }
+
+/// Options whose segments hold 64 KiB each: the second is prepared (prepared.rs) once the first
+/// holds 8 KiB.
+fn prepared_segments(dir: &Path) -> Options {
+    let mut o = options(dir);
+    o.segment_bytes_max = 64 << 10;
+    o
+}
+
+fn segment_file(dir: &Path, number: u32) -> PathBuf {
+    dir.join("log").join(format!("{number:010}.seg"))
+}
+
+/// Steps until segment 2 has been started from its prepared file, then `more` steps; the
+/// number of the next step.
+fn into_a_prepared_segment(store: &LogStore, dir: &Path, more: u64) -> u64 {
+    let mut i = 0;
+    while std::fs::metadata(segment_file(dir, 1)).unwrap().len() < 8 << 10 {
+        step(store, i);
+        i += 1;
+    }
+    // Waits for the preparation (a minute at most) rather than racing it.
+    let ready = store.wait_for_prepared_segment(std::time::Duration::from_secs(60));
+    assert_eq!(ready, Some(2));
+    while !segment_file(dir, 2).exists() {
+        step(store, i);
+        i += 1;
+    }
+    assert_eq!(store.prepared_segments(), (1, 0));
+    for _ in 0..more {
+        step(store, i);
+        i += 1;
+    }
+    i
+}
+
+#[test]
+fn a_prepared_segment_is_written_into_and_reopens_as_the_same_log_after_a_crash_or_a_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(prepared_segments(dir.path())).unwrap();
+    let next = into_a_prepared_segment(&store, dir.path(), 5);
+    // The second segment is its prepared room, zeros after its batches; the first was cut to
+    // its last batch at the roll.
+    let room = std::fs::read(segment_file(dir.path(), 2)).unwrap();
+    assert_eq!(room.len(), 64 << 10);
+    let end = room.iter().rposition(|b| *b != 0).unwrap() + 1;
+    assert!(end < room.len() / 2, "{end}");
+    let files: u64 = (1..=2)
+        .map(|n| {
+            std::fs::metadata(segment_file(dir.path(), n))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert!(
+        store.bytes_on_disk() < files,
+        "the unused room is not counted"
+    );
+    let expected = summary(&store);
+
+    let crashed = copy_as_crashed(dir.path());
+    let reopened = LogStore::open(prepared_segments(crashed.path())).unwrap();
+    assert_eq!(summary(&reopened), expected);
+    assert_eq!(reopened.cut_on_open(), 0);
+    assert_verified(&reopened, 1000, "after the crash");
+    // It goes on writing into the same room.
+    step(&reopened, next);
+    drop(reopened);
+    assert_eq!(
+        std::fs::metadata(segment_file(crashed.path(), 2))
+            .unwrap()
+            .len(),
+        64 << 10
+    );
+
+    drop(store);
+    let reopened = LogStore::open(prepared_segments(dir.path())).unwrap();
+    assert!(matches!(
+        reopened.open_path(),
+        marketgov_store_log::OpenPath::IndexKeptAtClose { scanned_bytes: 0 }
+    ));
+    assert_eq!(summary(&reopened), expected);
+    for i in next..next + 3 {
+        step(&reopened, i);
+    }
+    drop(reopened);
+    let scanned = copy_without_kept_index(dir.path());
+    let scanned = LogStore::open(prepared_segments(scanned.path())).unwrap();
+    assert_eq!(scanned.stats().unwrap().events, next + 3);
+    assert_verified(&scanned, 1000, "after the close");
+}
+
+#[test]
+fn a_torn_write_into_a_prepared_room_is_cut_off_and_a_whole_batch_after_damage_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(prepared_segments(dir.path())).unwrap();
+    let next = into_a_prepared_segment(&store, dir.path(), 3);
+    let before = summary(&store);
+    let short = copy_as_crashed(dir.path());
+    step(&store, next);
+    let long = copy_as_crashed(dir.path());
+    drop(store);
+    let room = std::fs::read(segment_file(short.path(), 2)).unwrap();
+    let with_batch = std::fs::read(segment_file(long.path(), 2)).unwrap();
+    // The last batch starts where the two copies first differ (its header is not zeros).
+    let start = (0..room.len()).find(|&i| room[i] != with_batch[i]).unwrap();
+    let stop = with_batch.iter().rposition(|b| *b != 0).unwrap() + 1;
+    for cut in [start + 1, (start + stop) / 2, stop - 1] {
+        let copy = copy_as_crashed(short.path());
+        let mut torn = room.clone();
+        torn[start..cut].copy_from_slice(&with_batch[start..cut]);
+        std::fs::write(segment_file(copy.path(), 2), &torn).unwrap();
+        let store = LogStore::open(prepared_segments(copy.path())).unwrap();
+        assert_eq!(summary(&store), before, "cut at {cut}");
+        // Cut off with the room after it.
+        assert_eq!(
+            store.cut_on_open(),
+            (room.len() - start) as u64,
+            "cut at {cut}"
+        );
+        let after = std::fs::read(segment_file(copy.path(), 2)).unwrap();
+        assert_eq!(after, room[..start], "cut at {cut}");
+        step(&store, next);
+        drop(store);
+        let store = LogStore::open(prepared_segments(copy.path())).unwrap();
+        assert_eq!(store.stats().unwrap().events, next + 1, "cut at {cut}");
+        assert_verified(&store, 1000, &format!("cut at {cut}"));
+    }
+    // The whole batch written one byte later, after a byte of damage: not a torn write.
+    let copy = copy_as_crashed(short.path());
+    let mut damaged = room.clone();
+    damaged[start] = 0x5a;
+    damaged[start + 1..stop + 1].copy_from_slice(&with_batch[start..stop]);
+    std::fs::write(segment_file(copy.path(), 2), &damaged).unwrap();
+    match LogStore::open(prepared_segments(copy.path())) {
+        Err(Error::Corrupt { location, .. }) => {
+            assert!(location.contains("segment 2"), "{location}")
+        }
+        other => panic!("damage followed by a whole batch was taken for a torn write: {other:?}"),
+    }
+}
