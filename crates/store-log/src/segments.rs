@@ -319,18 +319,13 @@ fn scan_from(
 /// after `pos`: the next batch is written only after the one before it is synced) followed by
 /// zeros. `None`: anything else, which is damage.
 fn tail_after(file: &File, pos: u64, len: u64) -> Result<Option<Tail>, Error> {
-    let read = |from: u64, to: u64| -> Result<Vec<u8>, Error> {
-        let mut bytes = vec![0u8; (to - from) as usize];
-        file.read_exact_at(&mut bytes, from)
-            .map_err(|e| Error::Storage(format!("reading the end of the log: {e}")))?;
-        Ok(bytes)
-    };
+    let unreadable = |e| Error::Storage(format!("reading the end of the log: {e}"));
     let window_end = len.min(pos + TORN_BYTES_MAX);
-    let window = read(pos, window_end)?;
-    let room = read(window_end, len.min(window_end + ROOM_CHECKED_BYTES))?;
-    if room.iter().any(|b| *b != 0) {
+    if !zeros_in(file, window_end, len.min(window_end + ROOM_CHECKED_BYTES)).map_err(unreadable)? {
         return Ok(None);
     }
+    let mut window = vec![0u8; (window_end - pos) as usize];
+    file.read_exact_at(&mut window, pos).map_err(unreadable)?;
     if window.iter().all(|b| *b == 0) {
         return Ok(Some(Tail::Clean));
     }
@@ -398,14 +393,17 @@ fn read_batch(file: &File, at: Loc, len: u64, buf: &mut Vec<u8>) -> Result<(), D
     // A whole batch that is the last thing in the file (or followed only by a prepared room's
     // zeros) may still be an unfinished write whose pages did not all reach the disk; one with
     // more after it was synced before the next began.
-    let after = pos + whole;
-    let last_in_file = whole == left
-        || zeros_in(
-            file,
-            after,
-            (pos + TORN_BYTES_MAX + ROOM_CHECKED_BYTES).min(pos + left),
-        )
-        .unwrap_or(false);
+    // Asked only of a damaged batch: reading what follows every batch would make the scan read
+    // the log many times over.
+    let last_in_file = || {
+        whole == left
+            || zeros_in(
+                file,
+                pos + whole,
+                (pos + TORN_BYTES_MAX + ROOM_CHECKED_BYTES).min(pos + left),
+            )
+            .unwrap_or(false)
+    };
     let mut off = BEGIN_FRAME_BYTES;
     let mut ended = false;
     while off < buf.len() {
@@ -413,7 +411,7 @@ fn read_batch(file: &File, at: Loc, len: u64, buf: &mut Vec<u8>) -> Result<(), D
             Ok((Record::End { batch: b, .. }, n)) => {
                 if b != batch {
                     return Err(Damage {
-                        torn: last_in_file,
+                        torn: last_in_file(),
                         detail: format!("batch {batch} closed as batch {b}"),
                     });
                 }
@@ -424,7 +422,7 @@ fn read_batch(file: &File, at: Loc, len: u64, buf: &mut Vec<u8>) -> Result<(), D
             Ok((_, n)) => off += n,
             Err(b) => {
                 return Err(Damage {
-                    torn: last_in_file,
+                    torn: last_in_file(),
                     detail: format!(
                         "batch {batch}, frame at {}: {}",
                         pos + off as u64,
@@ -436,7 +434,7 @@ fn read_batch(file: &File, at: Loc, len: u64, buf: &mut Vec<u8>) -> Result<(), D
     }
     if !ended {
         return Err(Damage {
-            torn: last_in_file,
+            torn: last_in_file(),
             detail: format!("batch {batch} does not end with its End frame"),
         });
     }
