@@ -260,6 +260,11 @@ impl LogStore {
         let s = writer::Syncer {
             shared: shared.clone(),
             dir: options.dir.clone(),
+            file_len: opened
+                .last
+                .metadata()
+                .map_err(|e| Error::Unavailable(format!("the last segment: {e}")))?
+                .len(),
             file: opened.last,
             segment,
             len: opened.last_len,

@@ -123,6 +123,9 @@ pub(crate) struct Syncer {
     pub file: Arc<File>,
     pub segment: u32,
     pub len: u64,
+    /// The length of the segment's file: past `len` a prepared segment holds zeros up to
+    /// here (its room), an ordinary one nothing.
+    pub file_len: u64,
     pub spares: SyncSender<Spare>,
     /// See [`crate::Options::segment_bytes_max`].
     pub segment_bytes_max: u64,
@@ -560,14 +563,14 @@ impl Syncer {
     }
 
     /// Writes, syncs and applies one batch, then answers its callers.
-    fn sync_batch(&mut self, batch: Written) {
+    fn sync_batch(&mut self, mut batch: Written) {
         let acks = |b: Written| b.answers.into_iter().map(|(a, _)| a).collect();
         if let Some(reason) = self.shared.stopped_reason() {
             fail(&self.shared, acks(batch), reason);
             return;
         }
         let fault = self.shared.fault.as_ref().and_then(|f| f.next_batch());
-        if let Err(e) = self.write_out(&batch, fault) {
+        if let Err(e) = self.write_out(&mut batch, fault) {
             fail(&self.shared, acks(batch), e);
             return;
         }
@@ -609,7 +612,7 @@ impl Syncer {
 
     /// Writes the batch where the builder planned it (starting a new segment first when it
     /// says so) and syncs it.
-    fn write_out(&mut self, batch: &Written, fault: Option<FaultMode>) -> Result<(), String> {
+    fn write_out(&mut self, batch: &mut Written, fault: Option<FaultMode>) -> Result<(), String> {
         if batch.segment != self.segment {
             if batch.segment != self.segment + 1 || batch.base != 0 {
                 return Err(format!(
@@ -658,6 +661,10 @@ impl Syncer {
                 .segments
                 .push(file.clone())
                 .map_err(|e| e.to_string())?;
+            self.file_len = file
+                .metadata()
+                .map_err(|e| format!("segment {number}: {e}"))?
+                .len();
             self.file = file;
             self.len = 0;
         }
@@ -684,9 +691,18 @@ impl Syncer {
             }
             _ => {}
         }
-        self.file
-            .write_all_at(&batch.buf, self.len)
-            .map_err(|e| format!("write to segment {}: {e}", self.segment + 1))?;
+        // Within a prepared segment's room the write goes on with its zeros to the end of its
+        // last page: a page written only in part, and not in the page cache (the room was
+        // written around it), is first read from the disk, one synchronous read per batch.
+        // The next batch writes over them; the open takes zeros after the last batch as the
+        // end, as it does for the rest of the room.
+        let bytes = batch.buf.len();
+        let end = self.len + bytes as u64;
+        let padded = end.next_multiple_of(PAGE_BYTES).min(self.file_len).max(end);
+        batch.buf.resize(bytes + (padded - end) as usize, 0);
+        let written = self.file.write_all_at(&batch.buf, self.len);
+        batch.buf.truncate(bytes);
+        written.map_err(|e| format!("write to segment {}: {e}", self.segment + 1))?;
         self.file
             .sync_data()
             .map_err(|e| format!("sync of segment {}: {e}", self.segment + 1))?;
@@ -720,6 +736,10 @@ impl Syncer {
         Ok(())
     }
 }
+
+/// The page size the syncer rounds its writes into a prepared segment up to (the common
+/// one: where the kernel's pages are larger a write ends within a page, and is only slower).
+const PAGE_BYTES: u64 = 4096;
 
 /// The bytes of one commit's bodies at most, so that a batch (closed past half of
 /// [`BATCH_BYTES_MAX`]) never outgrows what the open accepts as one batch.
