@@ -37,11 +37,13 @@ const VERIFY_PAGE_ENTRIES: usize = 4096;
 pub struct Reply {
     /// How it ended.
     pub status: EventStatus,
-    /// The result as sent on the wire, with its `receipt`: one JSON object, serialized once from
-    /// the decision (no intermediate `serde_json::Value`), ready to send.
-    pub json: String,
     /// Whether this is the stored answer to an earlier request with the same key.
     pub replayed: bool,
+    /// The decision's result as one JSON object, serialized once from the decision and shared
+    /// (not copied) with the answers kept for repeats.
+    result: Arc<String>,
+    /// Where the event sits in the hash chain: (seq, prev_hash, hash).
+    receipt: Option<(u64, Hash, Hash)>,
 }
 
 /// An audit receipt: where the event sits in the hash chain.
@@ -56,18 +58,29 @@ pub struct ReceiptView {
 }
 
 impl Reply {
-    /// `result` is the decision's result as a JSON object; the receipt is added to it as a last
-    /// member `receipt`.
+    /// `result` is the decision's result as a JSON object.
     pub(crate) fn new(
         status: EventStatus,
-        result: &str,
+        result: Arc<String>,
         receipt: Option<(u64, Hash, Hash)>,
         replayed: bool,
     ) -> Self {
-        let json = match (receipt, result.trim_end().strip_suffix('}')) {
+        Self {
+            status,
+            replayed,
+            result,
+            receipt,
+        }
+    }
+
+    /// The answer as sent on the wire: the result with its receipt added as a last member
+    /// `receipt`. Written when asked for (an in-process caller reading only the status does
+    /// not pay for it), in one allocation.
+    pub fn json(&self) -> String {
+        let result = self.result.as_str();
+        match (self.receipt, result.trim_end().strip_suffix('}')) {
             (Some((seq, prev, hash)), Some(open)) => {
-                // Written in place, in [`ReceiptView`]'s serialized form (a test compares them):
-                // one allocation per answer.
+                // Written in place, in [`ReceiptView`]'s serialized form (a test compares them).
                 let mut json = String::with_capacity(open.len() + 192);
                 json.push_str(open);
                 if !open.trim_end().ends_with('{') {
@@ -83,17 +96,17 @@ impl Reply {
                 json
             }
             _ => result.to_owned(),
-        };
-        Self {
-            status,
-            json,
-            replayed,
         }
+    }
+
+    /// The decision's result as logged, without the receipt.
+    pub fn result(&self) -> &str {
+        &self.result
     }
 
     /// The result as a JSON value (parsed from [`Reply::json`]).
     pub fn body(&self) -> serde_json::Value {
-        serde_json::from_str(&self.json).unwrap_or(serde_json::Value::Null)
+        serde_json::from_str(&self.json()).unwrap_or(serde_json::Value::Null)
     }
 }
 
@@ -558,7 +571,7 @@ impl App {
         let receipt = Some((entry.seq, entry.prev_hash, entry.hash));
         Ok(Reply::new(
             logged.status,
-            logged.result.get(),
+            Arc::new(logged.result.get().to_owned()),
             receipt,
             true,
         ))
@@ -705,9 +718,15 @@ mod tests {
     fn the_receipt_is_added_to_the_result_object_as_valid_json() {
         let receipt = Some((7, [1u8; 32], [2u8; 32]));
         for result in [r#"{"status":"completed","effects":[]}"#, "{}", "{ }\n"] {
-            let reply = Reply::new(EventStatus::Completed, result, receipt, false);
-            let body: serde_json::Value = serde_json::from_str(&reply.json).unwrap();
-            assert_eq!(body["receipt"]["seq"], 7, "{}", reply.json);
+            let reply = Reply::new(
+                EventStatus::Completed,
+                std::sync::Arc::new(result.to_owned()),
+                receipt,
+                false,
+            );
+            let json = reply.json();
+            let body: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(body["receipt"]["seq"], 7, "{json}");
             // The same text serde writes for a receipt (what earlier answers carried).
             let view = super::ReceiptView {
                 seq: 7,
@@ -715,7 +734,7 @@ mod tests {
                 prev_hash: "01".repeat(32),
             };
             let expected = format!("\"receipt\":{}}}", serde_json::to_string(&view).unwrap());
-            assert!(reply.json.ends_with(&expected), "{}", reply.json);
+            assert!(json.ends_with(&expected), "{json}");
             assert_eq!(body["receipt"]["hash"], "02".repeat(32));
             assert_eq!(body["receipt"]["prev_hash"], "01".repeat(32));
             let mut without = body.clone();
@@ -725,8 +744,13 @@ mod tests {
                 serde_json::from_str::<serde_json::Value>(result).unwrap()
             );
         }
-        let plain = Reply::new(EventStatus::Completed, r#"{"a":1}"#, None, true);
-        assert_eq!(plain.json, r#"{"a":1}"#);
+        let plain = Reply::new(
+            EventStatus::Completed,
+            std::sync::Arc::new(r#"{"a":1}"#.to_owned()),
+            None,
+            true,
+        );
+        assert_eq!(plain.json(), r#"{"a":1}"#);
         assert_eq!(plain.body()["a"], 1);
     }
 }

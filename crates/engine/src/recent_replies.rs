@@ -32,7 +32,7 @@ pub(crate) struct RecentReply {
     pub status: EventStatus,
     /// The decision's result (taken over from the first answer, not copied) and its receipt:
     /// a replay writes the same text from them that the first caller received.
-    pub result: Box<str>,
+    pub result: std::sync::Arc<String>,
     pub receipt: Option<(u64, marketgov_audit::Hash, marketgov_audit::Hash)>,
 }
 
@@ -140,7 +140,12 @@ impl RecentReplies {
             });
         }
         self.answered.fetch_add(1, Relaxed);
-        Ok(Some(Reply::new(r.status, &r.result, r.receipt, true)))
+        Ok(Some(Reply::new(
+            r.status,
+            r.result.clone(),
+            r.receipt,
+            true,
+        )))
     }
 
     /// Answers held now.
@@ -165,7 +170,7 @@ mod tests {
             fingerprint: [7; 32],
             created_at_ms,
             status: EventStatus::Completed,
-            result: json.into(),
+            result: std::sync::Arc::new(json.to_owned()),
             receipt: None,
         }
     }
@@ -178,7 +183,7 @@ mod tests {
             .replay("t", "k", "events", &[7; 32], 2_000, 10_000)
             .unwrap()
             .unwrap();
-        assert_eq!(reply.json, r#"{"a":1}"#);
+        assert_eq!(reply.json(), r#"{"a":1}"#);
         assert!(reply.replayed);
         assert_eq!(reply.status, EventStatus::Completed);
         assert_eq!(cache.answered(), 1);
@@ -222,7 +227,7 @@ mod tests {
             cache
                 .replay("t", k, "events", &[7; 32], 80, 1_000)
                 .unwrap()
-                .map(|r| r.json)
+                .map(|r| r.json())
         };
         assert_eq!(json("a").as_deref(), Some("a2"));
         assert_eq!((json("b"), json("c")), (None, None));

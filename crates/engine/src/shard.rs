@@ -24,7 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::app::{Inner, Reply};
 use crate::recent_replies::RecentReply;
-use crate::stream::{rebuild, snapshot_body, LoggedDecisionRef, StreamState, ENCODING_VERSION};
+use crate::stream::{
+    rebuild, result_json, snapshot_body, LoggedDecisionRef, StreamState, ENCODING_VERSION,
+};
 use crate::Error;
 
 /// What an idempotency record stores as its response: where the decision went (a replay reads
@@ -145,7 +147,7 @@ struct InFlight {
     next: StreamState,
     ack: Ack,
     status: EventStatus,
-    result_json: Box<serde_json::value::RawValue>,
+    result_json: Arc<String>,
     reply: oneshot::Sender<Result<Reply, Error>>,
     /// When the shard took the item (for the coordination/compute figure); customer events only.
     started: Option<std::time::Instant>,
@@ -165,7 +167,7 @@ struct Prepared {
     next: StreamState,
     commit: Commit,
     status: EventStatus,
-    result_json: Box<serde_json::value::RawValue>,
+    result_json: Arc<String>,
     conflicts: u64,
     /// When the core returned the decision: the start of its decision-to-durable latency.
     decided_at: std::time::Instant,
@@ -406,7 +408,7 @@ impl Shard {
             self.inner.remember_product(tenant, product);
         }
         let receipt = receipt.entries.first().copied();
-        let reply = Reply::new(done.status, done.result_json.get(), receipt, false);
+        let reply = Reply::new(done.status, done.result_json.clone(), receipt, false);
         if let Some((claim, created_at_ms)) = done.claim {
             self.inner.recent_replies.insert(
                 &claim.tenant,
@@ -416,7 +418,7 @@ impl Shard {
                     fingerprint: claim.fingerprint,
                     created_at_ms,
                     status: reply.status,
-                    result: done.result_json.into(),
+                    result: done.result_json,
                     receipt,
                 },
             );
@@ -545,9 +547,8 @@ impl Shard {
             }
         };
         let next = result.next.take();
-        // Serialized once: the same bytes go into the log entry and, with the receipt, the reply
-        // (`to_raw_value` wraps serde_json's own output without parsing it again).
-        let result_json = serde_json::value::to_raw_value(&result).map_err(encode)?;
+        // Serialized once: the same bytes go into the log entry and, with the receipt, the reply.
+        let result_json = Arc::new(result_json(&result)?);
         let logged = LoggedDecisionRef {
             v: ENCODING_VERSION,
             tenant,
@@ -557,9 +558,8 @@ impl Shard {
             input: &event,
             products: &products,
             status: result.status,
-            result: &result_json,
         }
-        .encode(result_json.get().len())?;
+        .encode(&result_json)?;
         let mut next_state = StreamState {
             log_version: state.log_version + 1,
             customer: next.or_else(|| state.customer.clone()),
@@ -646,9 +646,8 @@ impl Shard {
         let state = self.cache.get(&stream).ok_or_else(|| vanished(&stream))?;
         let result = decide_catalog(state.product.as_ref(), &command, &ctx)?;
         let decided_at = std::time::Instant::now();
-        // Serialized once: the same bytes go into the log entry and, with the receipt, the reply
-        // (`to_raw_value` wraps serde_json's own output without parsing it again).
-        let result_json = serde_json::value::to_raw_value(&result).map_err(encode)?;
+        // Serialized once: the same bytes go into the log entry and, with the receipt, the reply.
+        let result_json = Arc::new(result_json(&result)?);
         let logged = LoggedDecisionRef {
             v: ENCODING_VERSION,
             tenant,
@@ -658,9 +657,8 @@ impl Shard {
             input: &command,
             products: &[],
             status: result.status,
-            result: &result_json,
         }
-        .encode(result_json.get().len())?;
+        .encode(&result_json)?;
         let mut next_state = StreamState {
             log_version: state.log_version + 1,
             customer: None,

@@ -45,11 +45,31 @@ pub struct LoggedDecision {
 /// products): about 250-600 bytes in the bench's workload.
 const ENTRY_BYTES_BESIDES_RESULT: usize = 768;
 
+/// Room for a decision's result: 600-1,600 bytes in the bench's workload. Serialized into a
+/// buffer of about its final size, it is not grown (and copied) by doublings on the way.
+const RESULT_BYTES: usize = 2048;
+
+/// A decision's result, serialized once: the same text goes into the log entry
+/// ([`LoggedDecisionRef::encode`]) and, with the receipt, to the caller.
+pub(crate) fn result_json(result: &impl Serialize) -> Result<String, Error> {
+    let mut out = Vec::with_capacity(RESULT_BYTES);
+    serde_json::to_writer(&mut out, result).map_err(encoding)?;
+    String::from_utf8(out).map_err(encoding)
+}
+
+fn encoding(e: impl std::fmt::Display) -> Error {
+    Error::Replay {
+        location: "encoding".into(),
+        detail: e.to_string(),
+    }
+}
+
 /// The log entry of one decision made by this release, borrowed from the decision: serialized
-/// straight to the stored bytes (the same JSON [`LoggedDecision`] reads), without building an
-/// intermediate `serde_json::Value` of the input or the result.
+/// straight to the stored bytes (the same JSON [`LoggedDecision`] reads, a test compares them),
+/// without building an intermediate `serde_json::Value` of the input or the result. The result
+/// is not a field here: [`Self::encode`] appends its JSON text as the entry's last member.
 #[derive(Serialize)]
-pub(crate) struct LoggedDecisionRef<'a, I: Serialize, R: Serialize> {
+pub(crate) struct LoggedDecisionRef<'a, I: Serialize> {
     pub v: u32,
     pub tenant: &'a str,
     pub stream: &'a str,
@@ -61,18 +81,22 @@ pub(crate) struct LoggedDecisionRef<'a, I: Serialize, R: Serialize> {
     #[serde(skip_serializing_if = "<[Product]>::is_empty")]
     pub products: &'a [Product],
     pub status: EventStatus,
-    pub result: &'a R,
 }
 
-impl<I: Serialize, R: Serialize> LoggedDecisionRef<'_, I, R> {
-    /// The stored bytes. `result_bytes`: the length of the result's JSON, so the buffer is
-    /// allocated once at about its final size instead of grown (and copied) by doublings.
-    pub(crate) fn encode(&self, result_bytes: usize) -> Result<Vec<u8>, Error> {
-        let mut out = Vec::with_capacity(result_bytes + ENTRY_BYTES_BESIDES_RESULT);
-        serde_json::to_writer(&mut out, self).map_err(|e| Error::Replay {
-            location: "encoding".into(),
-            detail: e.to_string(),
-        })?;
+impl<I: Serialize> LoggedDecisionRef<'_, I> {
+    /// The stored bytes, with `result` (the result's JSON, from [`result_json`]) as the last
+    /// member, in one allocation of about the final size.
+    pub(crate) fn encode(&self, result: &str) -> Result<Vec<u8>, Error> {
+        const MEMBER: &[u8] = b",\"result\":";
+        let mut out = Vec::with_capacity(result.len() + MEMBER.len() + ENTRY_BYTES_BESIDES_RESULT);
+        serde_json::to_writer(&mut out, self).map_err(encoding)?;
+        // `v` is always there, so the object is not empty and its last byte closes it.
+        if out.pop() != Some(b'}') {
+            return Err(encoding("a log entry is not a JSON object"));
+        }
+        out.extend_from_slice(MEMBER);
+        out.extend_from_slice(result.as_bytes());
+        out.push(b'}');
         Ok(out)
     }
 }
@@ -291,5 +315,45 @@ mod tests {
             rebuild("customer:t/c1", load(vec![broken])),
             Err(Error::Replay { .. })
         ));
+    }
+
+    #[test]
+    fn an_entry_encoded_from_the_decision_reads_back_as_the_logged_decision_with_its_result_as_written(
+    ) {
+        let logged = logged_subscription("completed", serde_json::json!({}));
+        let read: LoggedDecision = serde_json::from_slice(&logged).unwrap();
+        let input: marketgov_core::CustomerEvent =
+            serde_json::from_value(read.input.clone()).unwrap();
+        let result = decide_event(None, &input, &read.products, &read.ctx).unwrap();
+        let text = result_json(&result).unwrap();
+        for key in [None, Some("key-1")] {
+            let bytes = LoggedDecisionRef {
+                v: ENCODING_VERSION,
+                tenant: &read.tenant,
+                stream: &read.stream,
+                idempotency_key: key,
+                ctx: &read.ctx,
+                input: &input,
+                products: &read.products,
+                status: result.status,
+            }
+            .encode(&text)
+            .unwrap();
+            let back: LoggedDecision = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(
+                back,
+                LoggedDecision {
+                    idempotency_key: key.map(str::to_owned),
+                    status: result.status,
+                    result: serde_json::from_str(&text).unwrap(),
+                    ..read.clone()
+                }
+            );
+            // The result's text is the entry's last member, byte for byte.
+            assert!(bytes.ends_with(format!(",\"result\":{text}}}").as_bytes()));
+            // And a load decides it again to the same state.
+            let state = rebuild(&read.stream, load(vec![bytes])).unwrap();
+            assert_eq!(state.customer, result.next.clone());
+        }
     }
 }

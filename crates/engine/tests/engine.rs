@@ -119,7 +119,7 @@ async fn a_repeat_with_the_same_key_replays_the_first_result_and_changes_nothing
         first.body(),
         "identical body, receipt included"
     );
-    assert_eq!(again.json, first.json, "the same bytes, as logged");
+    assert_eq!(again.json(), first.json(), "the same bytes, as logged");
     assert_eq!(
         app.store().stats().unwrap().events,
         events_before,
@@ -180,8 +180,8 @@ async fn a_replay_from_memory_and_one_from_the_store_answer_the_same_bytes() {
         .unwrap();
     assert_eq!(app.stats().unwrap()["recent_replies"]["answered"], 0);
     assert!(from_memory.replayed && from_store.replayed);
-    assert_eq!(from_memory.json, first.json);
-    assert_eq!(from_store.json, first.json);
+    assert_eq!(from_memory.json(), first.json());
+    assert_eq!(from_store.json(), first.json());
     assert_eq!(from_memory.status, from_store.status);
     // The store's answer is remembered too: other content under the key is refused either way.
     assert!(matches!(
@@ -451,7 +451,7 @@ async fn a_new_customer_dropped_from_memory_is_read_back_from_the_store() {
         .submit_event("t1", Some("pay-c1"), pay("c1", 2000, "p1"))
         .await
         .unwrap();
-    assert_eq!(paid.status, EventStatus::Completed, "{}", paid.json);
+    assert_eq!(paid.status, EventStatus::Completed, "{}", paid.json());
 }
 
 /// Drops `gated`'s customer c3 (its approval timer pending) from memory after three logged

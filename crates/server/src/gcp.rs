@@ -142,7 +142,7 @@ pub(crate) async fn post_gcp(
             let mut response = (
                 StatusCode::OK,
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
-                reply.json,
+                reply.json(),
             )
                 .into_response();
             if reply.replayed {

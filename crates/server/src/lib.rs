@@ -206,7 +206,7 @@ fn reply_response(reply: marketgov_engine::Reply) -> Response {
     let mut response = (
         event_status(reply.status),
         [(header::CONTENT_TYPE, "application/json")],
-        reply.json,
+        reply.json(),
     )
         .into_response();
     if reply.replayed {
