@@ -5,6 +5,7 @@
 //! safe to put in URLs, log lines and composite keys without escaping.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,16 +41,18 @@ pub fn check_id(field: &'static str, value: &str) -> Result<(), InputError> {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $field:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Shared text: a clone (every decision clones the customer holding its ids) counts a
+        /// reference instead of copying the bytes.
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates and wraps an identifier.
             pub fn new(value: impl Into<String>) -> Result<Self, InputError> {
                 let value = value.into();
                 check_id($field, &value)?;
-                Ok(Self(value))
+                Ok(Self(value.into()))
             }
 
             /// Checks an identifier that arrived through deserialization.
@@ -68,7 +71,41 @@ macro_rules! id_type {
                 f.write_str(&self.0)
             }
         }
+
+        // As its text (what `#[serde(transparent)]` over a `String` gave); checked by
+        // `validate`, not here, as before.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_str(SharedText).map(Self)
+            }
+        }
     };
+}
+
+/// Reads an identifier's text into one shared allocation (a borrowed string is not first
+/// copied into a `String`).
+struct SharedText;
+
+impl serde::de::Visitor<'_> for SharedText {
+    type Value = Arc<str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Arc::from(v))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Arc::from(v))
+    }
 }
 
 id_type!(
@@ -105,13 +142,26 @@ id_type!(
 impl SubscriptionId {
     /// The `n`th subscription of a customer: `sub-<n>`. Valid by construction.
     pub fn numbered(n: u64) -> Self {
-        Self(format!("sub-{n}"))
+        Self(format!("sub-{n}").into())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_reads_and_writes_as_its_text_and_is_checked_by_validate() {
+        let id: CustomerId = serde_json::from_str("\"cust-1\"").unwrap();
+        assert_eq!(id, CustomerId::new("cust-1").unwrap());
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"cust-1\"");
+        // An escaped string is read through an owned copy.
+        let escaped: Sku = serde_json::from_str("\"a\\u0062\"").unwrap();
+        assert_eq!(escaped.as_str(), "ab");
+        let odd: CustomerId = serde_json::from_value(serde_json::json!("a b")).unwrap();
+        assert!(odd.validate().is_err());
+        assert!(serde_json::from_str::<CustomerId>("7").is_err());
+    }
 
     #[test]
     fn accepts_the_documented_character_set() {

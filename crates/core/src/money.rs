@@ -21,31 +21,100 @@ pub const CURRENCIES: &[&str] = &[
 ];
 
 /// An ISO 4217 currency code from [`CURRENCIES`].
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Currency(String);
+///
+/// A known code is held as the list's own text, so a clone (every decision clones the customer,
+/// whose billing and payments carry currencies) copies a reference; a code that arrived through
+/// deserialization and is not on the list is held as read, and refused by [`Self::validate`].
+#[derive(Debug, Clone)]
+pub struct Currency(Code);
+
+#[derive(Debug, Clone)]
+enum Code {
+    Known(&'static str),
+    Unknown(Box<str>),
+}
 
 impl Currency {
     /// Validates a currency code (upper case, one of [`CURRENCIES`]).
     pub fn new(code: impl Into<String>) -> Result<Self, InputError> {
         let code = code.into();
         check_currency(&code)?;
-        Ok(Self(code))
+        Ok(Self::read(&code))
+    }
+
+    /// The code as read, unchecked.
+    fn read(code: &str) -> Self {
+        match CURRENCIES.iter().find(|known| **known == code) {
+            Some(known) => Self(Code::Known(known)),
+            None => Self(Code::Unknown(code.into())),
+        }
     }
 
     /// Checks a code that arrived through deserialization.
     pub fn validate(&self) -> Result<(), InputError> {
-        check_currency(&self.0)
+        check_currency(self.as_str())
     }
 
     /// The code as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            Code::Known(code) => code,
+            Code::Unknown(code) => code,
+        }
     }
 
     /// US dollars, the usual default in examples and tests.
     pub fn usd() -> Self {
-        Self("USD".to_owned())
+        Self::read("USD")
+    }
+}
+
+impl PartialEq for Currency {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Currency {}
+
+impl PartialOrd for Currency {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Currency {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for Currency {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+// As its text (what `#[serde(transparent)]` over a `String` gave); checked by `validate`.
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct CodeText;
+        impl serde::de::Visitor<'_> for CodeText {
+            type Value = Currency;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a currency code")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Currency, E> {
+                Ok(Currency::read(v))
+            }
+        }
+        d.deserialize_str(CodeText)
     }
 }
 
@@ -61,7 +130,7 @@ fn check_currency(code: &str) -> Result<(), InputError> {
 
 impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -149,6 +218,22 @@ pub fn share_half_up(amount: i64, part: i64, whole: i64) -> Result<i64, Proratio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_currency_reads_and_writes_as_its_code_and_an_unknown_one_is_refused_by_validate() {
+        let usd: Currency = serde_json::from_str("\"USD\"").unwrap();
+        assert_eq!(usd, Currency::usd());
+        assert_eq!(serde_json::to_string(&usd).unwrap(), "\"USD\"");
+        let odd: Currency = serde_json::from_value(serde_json::json!("usd")).unwrap();
+        assert_eq!(odd.as_str(), "usd");
+        assert_ne!(odd, usd);
+        assert_eq!(
+            odd.validate(),
+            Err(InputError::UnknownCurrency { code: "usd".into() })
+        );
+        assert!(usd.validate().is_ok());
+        assert!(Currency::new("EUR").unwrap() < usd);
+    }
 
     #[test]
     fn currency_codes_are_checked() {
