@@ -150,16 +150,17 @@ struct Overlay {
 }
 
 impl Overlay {
-    fn merge(&mut self, other: Overlay) {
-        self.versions.extend(other.versions);
-        self.keys.extend(other.keys);
-        self.keys_net += other.keys_net;
-        self.keys_removed.extend(other.keys_removed);
-        if other.keys_frontier.is_some() {
-            self.keys_frontier = other.keys_frontier;
+    /// Moves `other`'s changes over these, leaving it empty with its tables' room.
+    fn merge(&mut self, other: &mut Overlay) {
+        self.versions.extend(other.versions.drain());
+        self.keys.extend(other.keys.drain());
+        self.keys_net += std::mem::take(&mut other.keys_net);
+        self.keys_removed.extend(other.keys_removed.drain());
+        if let Some(frontier) = other.keys_frontier.take() {
+            self.keys_frontier = Some(frontier);
         }
-        self.effects.extend(other.effects);
-        self.versioned.extend(other.versioned);
+        self.effects.extend(other.effects.drain());
+        self.versioned.extend(other.versioned.drain());
     }
 }
 
@@ -294,6 +295,9 @@ struct Batch {
     /// Each caller and its answer (an `Err` for a commit that failed alone).
     answers: Vec<(AckSender, Result<Receipt, Error>)>,
     overlay: Overlay,
+    /// The draft overlay of the next commit, empty: kept from commit to commit so that its
+    /// tables are not allocated and grown again for each.
+    draft: Overlay,
     /// Where in `buf` each stream's last event of this batch is.
     last_event_at: TransientMap<String, usize>,
     head: Head,
@@ -390,6 +394,7 @@ impl Writer {
             records,
             answers,
             overlay,
+            draft: _,
             last_event_at,
             head,
             effect_id,
@@ -446,6 +451,7 @@ impl Writer {
                 keys: map_with_capacity(requests.len()),
                 ..Overlay::default()
             },
+            draft: Overlay::default(),
             last_event_at: map_with_capacity(requests.len()),
             head: self.head,
             effect_id: self.effect_id,
@@ -786,12 +792,14 @@ fn add_commit(
     batch: &mut Batch,
     commit: Commit,
 ) -> Result<Receipt, Error> {
+    // Empty: the last commit's was merged, a refused one's went with it.
+    let draft = std::mem::take(&mut batch.draft);
     let mut view = View {
         index,
         segments,
         layers,
         batch: &batch.overlay,
-        draft: Overlay::default(),
+        draft,
     };
     // Check everything first: a commit that fails leaves no record behind.
     let bytes = commit_bytes(&commit);
@@ -910,8 +918,9 @@ fn add_commit(
             view.draft.versioned.insert(k, w.version);
         }
     }
-    let draft = view.draft;
-    batch.overlay.merge(draft);
+    let mut draft = view.draft;
+    batch.overlay.merge(&mut draft);
+    batch.draft = draft;
 
     let Commit {
         events,
