@@ -63,6 +63,22 @@ fn check_moves(
     Ok(())
 }
 
+/// The hand-written result JSON is the derive's, byte for byte.
+fn check_json(decided: &Decided) -> Result<(), TestCaseError> {
+    if let Decided::Customer(r) = decided {
+        let bodies: Vec<Vec<u8>> = r
+            .effects
+            .iter()
+            .map(|e| serde_json::to_vec(e).unwrap())
+            .collect();
+        prop_assert_eq!(
+            marketgov_core::orchestrator::result_json(r, &bodies).unwrap(),
+            serde_json::to_string(r).unwrap()
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     // 256 cases per CI run; PROPTEST_CASES raises it for a longer hunt.
     #![proptest_config(ProptestConfig {
@@ -80,6 +96,7 @@ proptest! {
             let decisions = apply(&mut tl, x);
             for decided in &decisions {
                 check_moves(decided, &allowed)?;
+                check_json(decided)?;
             }
             if !is_wait {
                 if let Some(Decided::Customer(r)) = decisions.first() {

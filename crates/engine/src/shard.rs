@@ -547,8 +547,17 @@ impl Shard {
             }
         };
         let next = result.next.take();
-        // Serialized once: the same bytes go into the log entry and, with the receipt, the reply.
-        let result_json = Arc::new(result_json(&result)?);
+        // Each effect is serialized once, for its outbox record, and the result is written
+        // around those bytes; the result, once: the same bytes go into the log entry and, with
+        // the receipt, the reply.
+        let effect_bodies = result
+            .effects
+            .iter()
+            .map(effect_body)
+            .collect::<Result<Vec<_>, _>>()?;
+        let result_json = Arc::new(
+            marketgov_core::orchestrator::result_json(&result, &effect_bodies).map_err(encode)?,
+        );
         let logged = LoggedDecisionRef {
             v: ENCODING_VERSION,
             tenant,
@@ -585,12 +594,12 @@ impl Shard {
                 });
             }
         }
-        for e in &result.effects {
+        for (e, body) in result.effects.iter().zip(effect_bodies) {
             commit.outbox.push(OutboxWrite {
                 effect_key: e.idempotency_key.clone(),
                 stream: stream.clone(),
                 connector: connector_for(&e.kind),
-                body: effect_body(e)?,
+                body,
                 not_before_ms: ctx.now.as_millisecond(),
             });
         }

@@ -8,6 +8,7 @@
 
 mod catalog;
 mod conflicts;
+mod json;
 mod routes;
 mod run;
 mod steps;
@@ -15,6 +16,7 @@ mod steps;
 use serde::{Deserialize, Serialize};
 
 pub use catalog::{decide_catalog, CatalogResult};
+pub use json::result_json;
 pub use routes::{route, timer_route, ROUTES, TIMER_ROUTES};
 pub use steps::decide_event;
 
