@@ -166,11 +166,7 @@ impl Inner {
             .issued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         EventContext {
-            event_id: format!(
-                "evt-{:x}-{:08x}-{n:x}",
-                now.as_millisecond(),
-                self.node_nonce as u32
-            ),
+            event_id: event_id(now.as_millisecond(), self.node_nonce as u32, n),
             now,
         }
     }
@@ -667,6 +663,33 @@ pub fn verify_store(store: &dyn Store, public_key: &[u8; 32]) -> Result<Report, 
 
 /// SHA-256 over the operation and the input's canonical JSON.
 /// Appends `bytes` as lowercase hex.
+/// `evt-<ms>-<nonce>-<n>` in lower-case hex, the nonce in eight digits: written digit by digit
+/// (`format!` took a tenth of a decision's instructions with the other ids it writes).
+fn event_id(ms: i64, nonce: u32, n: u64) -> String {
+    let mut id = String::with_capacity(48);
+    id.push_str("evt-");
+    // As `{:x}` writes an `i64`: its two's complement (negative only with a test clock).
+    push_hex_digits(&mut id, ms as u64, 1);
+    id.push('-');
+    push_hex_digits(&mut id, u64::from(nonce), 8);
+    id.push('-');
+    push_hex_digits(&mut id, n, 1);
+    id
+}
+
+/// `v` in lower-case hex, at least `width` digits (zero-padded).
+fn push_hex_digits(out: &mut String, v: u64, width: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digits = (64 - v.leading_zeros() as usize)
+        .div_ceil(4)
+        .max(width)
+        .max(1);
+    for i in (0..digits).rev() {
+        let nibble = if i < 16 { (v >> (4 * i)) & 0xf } else { 0 };
+        out.push(char::from(DIGITS[nibble as usize]));
+    }
+}
+
 fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
@@ -712,6 +735,22 @@ mod tests {
             super::fingerprint("catalog", &marketgov_core::Input::Catalog(command.clone()))
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn an_event_id_is_written_as_its_format_string_would() {
+        for (ms, nonce, n) in [
+            (0i64, 0u32, 0u64),
+            (1_767_225_600_000, 0xc892_a7f6, 4),
+            (15, 1, u64::MAX),
+            (-1, u32::MAX, 255),
+            (i64::MAX, 0x0000_00ff, 1 << 40),
+        ] {
+            assert_eq!(
+                super::event_id(ms, nonce, n),
+                format!("evt-{ms:x}-{nonce:08x}-{n:x}")
+            );
+        }
     }
 
     #[test]

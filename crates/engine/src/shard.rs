@@ -861,7 +861,14 @@ fn marketplace_answers(
 pub(crate) const CUSTOMER_STREAM_PREFIX: &str = "customer:";
 
 pub(crate) fn customer_stream(tenant: &str, customer_id: &str) -> String {
-    format!("{CUSTOMER_STREAM_PREFIX}{tenant}/{customer_id}")
+    // Pushed, not `format!`ted: routed for every event.
+    let mut stream =
+        String::with_capacity(CUSTOMER_STREAM_PREFIX.len() + tenant.len() + 1 + customer_id.len());
+    stream.push_str(CUSTOMER_STREAM_PREFIX);
+    stream.push_str(tenant);
+    stream.push('/');
+    stream.push_str(customer_id);
+    stream
 }
 
 pub(crate) fn product_stream(tenant: &str, sku: &str) -> String {
