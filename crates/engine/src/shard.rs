@@ -144,7 +144,9 @@ const EVICTION_SNAPSHOTS_IN_FLIGHT_MAX: usize = 4;
 /// answered only once the store acknowledges the sync.
 struct InFlight {
     stream: String,
-    next: StreamState,
+    /// Boxed, as in the cache: the state takes the box's place there, and the item (moved
+    /// into and out of the queue) stays small.
+    next: Box<StreamState>,
     ack: Ack,
     status: EventStatus,
     result_json: Arc<String>,
@@ -164,7 +166,7 @@ struct InFlight {
 /// it is durable.
 struct Prepared {
     stream: String,
-    next: StreamState,
+    next: Box<StreamState>,
     commit: Commit,
     status: EventStatus,
     result_json: Arc<String>,
@@ -387,7 +389,7 @@ impl Shard {
             .record(done.decided_at.elapsed());
         let product = done.next.product.clone();
         if let Some(state) = self.cache.get_mut(&done.stream) {
-            **state = done.next;
+            *state = done.next;
         }
         let refused = !done.status.applies();
         if let Some(started) = done.started {
@@ -632,7 +634,7 @@ impl Shard {
         }
         Ok(Decided::Commit(Prepared {
             stream,
-            next: next_state,
+            next: Box::new(next_state),
             commit,
             status: result.status,
             result_json,
@@ -689,7 +691,7 @@ impl Shard {
         }
         Ok(Prepared {
             stream,
-            next: next_state,
+            next: Box::new(next_state),
             commit,
             status: result.status,
             result_json,
