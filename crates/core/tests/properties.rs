@@ -63,7 +63,7 @@ fn check_moves(
     Ok(())
 }
 
-/// The hand-written result JSON is the derive's, byte for byte.
+/// The hand-written result and effect JSON are the derives', byte for byte.
 fn check_json(decided: &Decided) -> Result<(), TestCaseError> {
     if let Decided::Customer(r) = decided {
         let bodies: Vec<Vec<u8>> = r
@@ -71,6 +71,9 @@ fn check_json(decided: &Decided) -> Result<(), TestCaseError> {
             .iter()
             .map(|e| serde_json::to_vec(e).unwrap())
             .collect();
+        for (e, body) in r.effects.iter().zip(&bodies) {
+            prop_assert_eq!(&marketgov_core::orchestrator::effect_json(e).unwrap(), body);
+        }
         prop_assert_eq!(
             marketgov_core::orchestrator::result_json(r, &bodies).unwrap(),
             serde_json::to_string(r).unwrap()

@@ -39,15 +39,10 @@ struct StoredResponse<'a> {
     stream_version: u64,
 }
 
-/// An effect's outbox body, in one allocation of about its size.
+/// An effect's outbox body.
 fn effect_body(e: &marketgov_core::orchestrator::Effect) -> Result<Vec<u8>, Error> {
-    let mut body = Vec::with_capacity(EFFECT_BODY_BYTES);
-    serde_json::to_writer(&mut body, e).map_err(encode)?;
-    Ok(body)
+    marketgov_core::orchestrator::effect_json(e).map_err(encode)
 }
-
-/// Room for one effect's JSON (100-250 bytes in the bench's workload).
-const EFFECT_BODY_BYTES: usize = 256;
 
 /// Idempotency bookkeeping a shard writes with the decision.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ mod steps;
 use serde::{Deserialize, Serialize};
 
 pub use catalog::{decide_catalog, CatalogResult};
-pub use json::result_json;
+pub use json::{effect_json, result_json};
 pub use routes::{route, timer_route, ROUTES, TIMER_ROUTES};
 pub use steps::decide_event;
 
