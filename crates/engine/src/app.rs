@@ -378,7 +378,9 @@ impl App {
         event: CustomerEvent,
     ) -> Result<Reply, Error> {
         event.validate()?;
-        let (claim, _guard) = match self.claim(tenant, key, "events", &event)? {
+        // Serialized once: the fingerprint and the log entry are made of the same bytes.
+        let input_json = serde_json::to_vec(&event).map_err(|e| Error::Setup(e.to_string()))?;
+        let (claim, _guard) = match self.claim(tenant, key, "events", &input_json)? {
             Claimed::Replay(reply) => return Ok(reply),
             Claimed::New(claim, guard) => (claim, guard),
             Claimed::None => (None, None),
@@ -392,6 +394,7 @@ impl App {
                 stream: stream.clone(),
                 claim,
                 event,
+                input_json,
                 reply: tx,
             },
         )
@@ -407,7 +410,8 @@ impl App {
         command: CatalogCommand,
     ) -> Result<Reply, Error> {
         command.validate()?;
-        let (claim, _guard) = match self.claim(tenant, key, "catalog", &command)? {
+        let input_json = serde_json::to_vec(&command).map_err(|e| Error::Setup(e.to_string()))?;
+        let (claim, _guard) = match self.claim(tenant, key, "catalog", &input_json)? {
             Claimed::Replay(reply) => return Ok(reply),
             Claimed::New(claim, guard) => (claim, guard),
             Claimed::None => (None, None),
@@ -434,12 +438,12 @@ impl App {
         tenant: &str,
         key: Option<&str>,
         operation: &'static str,
-        input: &impl Serialize,
+        input_json: &[u8],
     ) -> Result<Claimed, Error> {
         let Some(key) = key else {
             return Ok(Claimed::None);
         };
-        let fingerprint = fingerprint(operation, input)?;
+        let fingerprint = fingerprint_of(operation, input_json);
         // A repeat soon after the first request is answered from memory: the same text, under the
         // same rules as the stored record (see recent_replies.rs); otherwise the store decides.
         if let Some(reply) = self.inner.recent_replies.replay(
@@ -701,13 +705,19 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
 /// The content an idempotency key is bound to. `input` is the event or command itself: its JSON
 /// is the same as that of the [`marketgov_core::Input`] holding it (an untagged enum), which is what stored
 /// records were fingerprinted from (a test compares the two).
+#[cfg(test)]
 fn fingerprint(operation: &str, input: &impl Serialize) -> Result<[u8; 32], Error> {
     let bytes = serde_json::to_vec(input).map_err(|e| Error::Setup(e.to_string()))?;
+    Ok(fingerprint_of(operation, &bytes))
+}
+
+/// The fingerprint of an input serialized as JSON (`serde_json::to_vec` of it).
+fn fingerprint_of(operation: &str, input_json: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(operation.as_bytes());
     h.update([0]);
-    h.update(&bytes);
-    Ok(h.finalize().into())
+    h.update(input_json);
+    h.finalize().into()
 }
 
 #[cfg(test)]

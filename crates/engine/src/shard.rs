@@ -63,6 +63,9 @@ pub(crate) enum Work {
         stream: String,
         claim: Option<KeyClaim>,
         event: CustomerEvent,
+        /// The event as JSON (`serde_json::to_vec`): what its key's fingerprint was made of,
+        /// and what its log entry holds as the input.
+        input_json: Vec<u8>,
         reply: oneshot::Sender<Result<Reply, Error>>,
     },
     Catalog {
@@ -285,10 +288,11 @@ impl Shard {
                 stream,
                 claim,
                 event,
+                input_json,
                 reply,
             } => {
                 let started = std::time::Instant::now();
-                match self.decide_customer(&tenant, stream.clone(), claim, event) {
+                match self.decide_customer(&tenant, stream.clone(), claim, event, &input_json) {
                     Ok(Decided::Commit(prepared)) => {
                         self.send_commit(prepared, reply, Some(started), None);
                     }
@@ -513,6 +517,7 @@ impl Shard {
         stream: String,
         claim: Option<KeyClaim>,
         event: CustomerEvent,
+        input_json: &[u8],
     ) -> Result<Decided, Error> {
         let products = self.products_for(tenant, &event)?;
         let ctx = self.inner.context();
@@ -565,7 +570,7 @@ impl Shard {
             products: &products,
             status: result.status,
         }
-        .encode(&result_json)?;
+        .encode_around(input_json, &result_json)?;
         let mut next_state = StreamState {
             log_version: state.log_version + 1,
             customer: next.or_else(|| state.customer.clone()),

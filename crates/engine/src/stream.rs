@@ -99,6 +99,42 @@ impl<I: Serialize> LoggedDecisionRef<'_, I> {
         out.push(b'}');
         Ok(out)
     }
+
+    /// The same bytes as [`Self::encode`] (checked in debug builds), with `input_json` (the
+    /// input's JSON, as `serde_json::to_vec` writes it) copied in instead of serialized again.
+    pub(crate) fn encode_around(&self, input_json: &[u8], result: &str) -> Result<Vec<u8>, Error> {
+        let mut out =
+            Vec::with_capacity(input_json.len() + result.len() + ENTRY_BYTES_BESIDES_RESULT);
+        member(&mut out, b"{\"v\":", &self.v)?;
+        member(&mut out, b",\"tenant\":", self.tenant)?;
+        member(&mut out, b",\"stream\":", self.stream)?;
+        if let Some(key) = self.idempotency_key {
+            member(&mut out, b",\"idempotency_key\":", key)?;
+        }
+        member(&mut out, b",\"ctx\":", self.ctx)?;
+        out.extend_from_slice(b",\"input\":");
+        out.extend_from_slice(input_json);
+        if !self.products.is_empty() {
+            member(&mut out, b",\"products\":", self.products)?;
+        }
+        out.extend_from_slice(b",\"status\":\"");
+        out.extend_from_slice(self.status.name().as_bytes());
+        out.extend_from_slice(b"\",\"result\":");
+        out.extend_from_slice(result.as_bytes());
+        out.push(b'}');
+        debug_assert_eq!(
+            self.encode(result).ok().as_ref(),
+            Some(&out),
+            "the entry written around the input differs from its derive"
+        );
+        Ok(out)
+    }
+}
+
+/// `name` (a JSON fragment ending with the member's `:`) and `value` as JSON.
+fn member<T: Serialize + ?Sized>(out: &mut Vec<u8>, name: &[u8], value: &T) -> Result<(), Error> {
+    out.extend_from_slice(name);
+    serde_json::to_writer(out, value).map_err(encoding)
 }
 
 /// A stream's state in memory.
@@ -339,6 +375,22 @@ mod tests {
             }
             .encode(&text)
             .unwrap();
+            let around = LoggedDecisionRef {
+                v: ENCODING_VERSION,
+                tenant: &read.tenant,
+                stream: &read.stream,
+                idempotency_key: key,
+                ctx: &read.ctx,
+                input: &input,
+                products: &read.products,
+                status: result.status,
+            }
+            .encode_around(&serde_json::to_vec(&input).unwrap(), &text)
+            .unwrap();
+            assert_eq!(
+                around, bytes,
+                "written around the input's JSON: the same bytes"
+            );
             let back: LoggedDecision = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(
                 back,
