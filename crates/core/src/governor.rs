@@ -168,25 +168,25 @@ impl<R: Record> Decision<R> {
 
     /// Every step `(from, to)` the decision makes, starting from `from`.
     pub fn steps(&self, from: Option<R::State>) -> Vec<(Option<R::State>, R::State)> {
-        let mut steps = Vec::with_capacity(self.via.len() + 1);
+        self.each_step(from).collect()
+    }
+
+    fn each_step(
+        &self,
+        from: Option<R::State>,
+    ) -> impl Iterator<Item = (Option<R::State>, R::State)> + '_ {
         let mut at = from;
-        for state in self
-            .via
+        self.via
             .iter()
             .copied()
             .chain(std::iter::once(self.next.state()))
-        {
-            steps.push((at, state));
-            at = Some(state);
-        }
-        steps
+            .map(move |state| (std::mem::replace(&mut at, Some(state)), state))
     }
 
-    /// Whether the transition table allows every step.
+    /// Whether the transition table allows every step (checked for every decision, so the
+    /// steps are walked, not collected).
     pub fn is_allowed(&self, from: Option<R::State>) -> bool {
-        self.steps(from)
-            .into_iter()
-            .all(|(a, b)| R::State::allows(a, b))
+        self.each_step(from).all(|(a, b)| R::State::allows(a, b))
     }
 }
 
