@@ -180,7 +180,7 @@ impl<R: Record> Decision<R> {
             .iter()
             .copied()
             .chain(std::iter::once(self.next.state()))
-            .map(move |state| (std::mem::replace(&mut at, Some(state)), state))
+            .map(move |state| (at.replace(state), state))
     }
 
     /// Whether the transition table allows every step (checked for every decision, so the
