@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 
 use marketgov_store::transient::TransientMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use marketgov_core::orchestrator::EventStatus;
 
@@ -32,7 +32,7 @@ pub(crate) struct RecentReply {
     pub status: EventStatus,
     /// The decision's result (taken over from the first answer, not copied) and its receipt:
     /// a replay writes the same text from them that the first caller received.
-    pub result: std::sync::Arc<String>,
+    pub result: Arc<String>,
     pub receipt: Option<(u64, marketgov_audit::Hash, marketgov_audit::Hash)>,
 }
 
@@ -40,12 +40,14 @@ pub(crate) struct RecentReply {
 struct Entries {
     /// By tenant, then key: a lookup by borrowed `&str`s allocates nothing (it runs for every
     /// keyed request).
-    by_key: TransientMap<String, TransientMap<String, (u64, RecentReply)>>,
+    /// Names are shared with `order` (one allocation per answer for its key, none for its
+    /// tenant once the tenant is known).
+    by_key: TransientMap<Arc<str>, TransientMap<Arc<str>, (u64, RecentReply)>>,
     /// Answers held, all tenants together.
     held: usize,
     /// Keys in insertion order with the generation they were inserted at: a key answered again
     /// after its record expired is re-inserted, and only its newest generation is evicted.
-    order: VecDeque<((String, String), u64)>,
+    order: VecDeque<((Arc<str>, Arc<str>), u64)>,
     generation: u64,
 }
 
@@ -78,17 +80,23 @@ impl RecentReplies {
         };
         e.generation += 1;
         let generation = e.generation;
+        // The tenant's map is looked up by the borrowed name: its name is allocated only once,
+        // when the tenant's first answer enters, and shared from then on.
+        let tenant: Arc<str> = match e.by_key.get_key_value(tenant) {
+            Some((name, _)) => name.clone(),
+            None => {
+                let name: Arc<str> = Arc::from(tenant);
+                e.by_key.insert(name.clone(), TransientMap::default());
+                name
+            }
+        };
+        let key: Arc<str> = Arc::from(key);
         e.order
-            .push_back(((tenant.to_owned(), key.to_owned()), generation));
-        // The tenant's map is looked up by the borrowed name: its key is allocated only once,
-        // when the tenant's first answer enters.
-        if !e.by_key.contains_key(tenant) {
-            e.by_key.insert(tenant.to_owned(), TransientMap::default());
-        }
+            .push_back(((tenant.clone(), key.clone()), generation));
         let replaced = e
             .by_key
-            .get_mut(tenant)
-            .and_then(|keys| keys.insert(key.to_owned(), (generation, reply)));
+            .get_mut(&tenant)
+            .and_then(|keys| keys.insert(key, (generation, reply)));
         if replaced.is_none() {
             e.held += 1;
         }
