@@ -36,13 +36,16 @@ pub(crate) struct RecentReply {
     pub receipt: Option<(u64, marketgov_audit::Hash, marketgov_audit::Hash)>,
 }
 
+/// One tenant's answers by key, each with the generation it was inserted at.
+type TenantAnswers = TransientMap<Arc<str>, (u64, RecentReply)>;
+
 #[derive(Debug, Default)]
 struct Entries {
     /// By tenant, then key: a lookup by borrowed `&str`s allocates nothing (it runs for every
     /// keyed request).
     /// Names are shared with `order` (one allocation per answer for its key, none for its
     /// tenant once the tenant is known).
-    by_key: TransientMap<Arc<str>, TransientMap<Arc<str>, (u64, RecentReply)>>,
+    by_key: TransientMap<Arc<str>, TenantAnswers>,
     /// Answers held, all tenants together.
     held: usize,
     /// Keys in insertion order with the generation they were inserted at: a key answered again
