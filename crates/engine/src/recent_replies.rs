@@ -36,6 +36,9 @@ pub(crate) struct RecentReply {
     pub receipt: Option<(u64, marketgov_audit::Hash, marketgov_audit::Hash)>,
 }
 
+/// A tenant and one of its keys.
+type TenantKey = (Arc<str>, Arc<str>);
+
 /// One tenant's answers by key, each with the generation it was inserted at.
 type TenantAnswers = TransientMap<Arc<str>, (u64, RecentReply)>;
 
@@ -50,7 +53,7 @@ struct Entries {
     held: usize,
     /// Keys in insertion order with the generation they were inserted at: a key answered again
     /// after its record expired is re-inserted, and only its newest generation is evicted.
-    order: VecDeque<((Arc<str>, Arc<str>), u64)>,
+    order: VecDeque<(TenantKey, u64)>,
     generation: u64,
 }
 
