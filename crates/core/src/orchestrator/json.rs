@@ -1,7 +1,7 @@
 //! A customer decision's result and its effects as JSON, written by hand: the same bytes the
 //! serde derives of [`EventResult`] and [`Effect`] give (every debug build checks it on every
-//! result and effect, and the property test over any sequence of inputs does too), in about half
-//! the instructions.
+//! result and effect, and the property test over any sequence of inputs does too), in a sixth of
+//! the instructions (2,100 instead of 13,500 per event in the bench, docs/PERFORMANCE.md).
 //!
 //! Why by hand: the result is serialized for every event (it is the answer and part of the log
 //! entry), and in the profile serde_json spent most of that time scanning text for characters
