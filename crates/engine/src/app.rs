@@ -410,6 +410,7 @@ impl App {
         command: CatalogCommand,
     ) -> Result<Reply, Error> {
         command.validate()?;
+        // Serialized once, as for events.
         let input_json = serde_json::to_vec(&command).map_err(|e| Error::Setup(e.to_string()))?;
         let (claim, _guard) = match self.claim(tenant, key, "catalog", &input_json)? {
             Claimed::Replay(reply) => return Ok(reply),
@@ -425,6 +426,7 @@ impl App {
                 stream: stream.clone(),
                 claim,
                 command,
+                input_json,
                 reply: tx,
             },
         )

@@ -74,6 +74,8 @@ pub(crate) enum Work {
         stream: String,
         claim: Option<KeyClaim>,
         command: CatalogCommand,
+        /// The command as JSON, as for a customer event.
+        input_json: Vec<u8>,
         reply: oneshot::Sender<Result<Reply, Error>>,
     },
     Read {
@@ -310,8 +312,9 @@ impl Shard {
                 stream,
                 claim,
                 command,
+                input_json,
                 reply,
-            } => match self.decide_catalog(&tenant, stream, claim, command) {
+            } => match self.decide_catalog(&tenant, stream, claim, command, &input_json) {
                 Ok(prepared) => self.send_commit(prepared, reply, None, Some(tenant)),
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -651,6 +654,7 @@ impl Shard {
         stream: String,
         claim: Option<KeyClaim>,
         command: CatalogCommand,
+        input_json: &[u8],
     ) -> Result<Prepared, Error> {
         let ctx = self.inner.context();
         self.state(&stream)?;
@@ -669,7 +673,7 @@ impl Shard {
             products: &[],
             status: result.status,
         }
-        .encode(&result_json)?;
+        .encode_around(input_json, &result_json)?;
         let mut next_state = StreamState {
             log_version: state.log_version + 1,
             customer: None,

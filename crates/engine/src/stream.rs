@@ -49,8 +49,9 @@ const ENTRY_BYTES_BESIDES_RESULT: usize = 768;
 /// buffer of about its final size, it is not grown (and copied) by doublings on the way.
 const RESULT_BYTES: usize = 2048;
 
-/// A decision's result, serialized once: the same text goes into the log entry
-/// ([`LoggedDecisionRef::encode`]) and, with the receipt, to the caller.
+/// A catalog decision's result, serialized once: the same text goes into the log entry
+/// ([`LoggedDecisionRef::encode_around`]) and, with the receipt, to the caller (a customer
+/// decision's is written by `marketgov_core::orchestrator::result_json`).
 pub(crate) fn result_json(result: &impl Serialize) -> Result<String, Error> {
     let mut out = Vec::with_capacity(RESULT_BYTES);
     serde_json::to_writer(&mut out, result).map_err(encoding)?;
@@ -84,8 +85,8 @@ pub(crate) struct LoggedDecisionRef<'a, I: Serialize> {
 }
 
 impl<I: Serialize> LoggedDecisionRef<'_, I> {
-    /// The stored bytes, with `result` (the result's JSON, from [`result_json`]) as the last
-    /// member, in one allocation of about the final size.
+    /// The stored bytes, with `result` (the result's JSON) as the last member: the reference
+    /// [`Self::encode_around`] is checked against.
     pub(crate) fn encode(&self, result: &str) -> Result<Vec<u8>, Error> {
         const MEMBER: &[u8] = b",\"result\":";
         let mut out = Vec::with_capacity(result.len() + MEMBER.len() + ENTRY_BYTES_BESIDES_RESULT);
