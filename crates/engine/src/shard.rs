@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::app::{Inner, Reply};
 use crate::recent_replies::RecentReply;
 use crate::stream::{
-    rebuild, result_json, snapshot_body, LoggedDecisionRef, StreamState, ENCODING_VERSION,
+    encoding, rebuild, result_json, snapshot_body, LoggedDecisionRef, StreamState, ENCODING_VERSION,
 };
 use crate::Error;
 
@@ -41,7 +41,7 @@ struct StoredResponse<'a> {
 
 /// An effect's outbox body.
 fn effect_body(e: &marketgov_core::orchestrator::Effect) -> Result<Vec<u8>, Error> {
-    marketgov_core::orchestrator::effect_json(e).map_err(encode)
+    marketgov_core::orchestrator::effect_json(e).map_err(encoding)
 }
 
 /// Idempotency bookkeeping a shard writes with the decision.
@@ -561,7 +561,7 @@ impl Shard {
             .map(effect_body)
             .collect::<Result<Vec<_>, _>>()?;
         let result_json = Arc::new(
-            marketgov_core::orchestrator::result_json(&result, &effect_bodies).map_err(encode)?,
+            marketgov_core::orchestrator::result_json(&result, &effect_bodies).map_err(encoding)?,
         );
         let logged = LoggedDecisionRef {
             v: ENCODING_VERSION,
@@ -743,7 +743,7 @@ impl Shard {
                 key: c.key.clone(),
                 operation: c.operation.to_owned(),
                 fingerprint: c.fingerprint,
-                response: serde_json::to_vec(&response).map_err(encode)?,
+                response: serde_json::to_vec(&response).map_err(encoding)?,
                 created_at_ms: ctx.now.as_millisecond(),
             });
             if c.replaces_expired {
@@ -905,13 +905,6 @@ fn connector_for(kind: &marketgov_core::EffectKind) -> String {
         _ => "notification",
     }
     .to_owned()
-}
-
-fn encode(e: serde_json::Error) -> Error {
-    Error::Replay {
-        location: "encoding".into(),
-        detail: e.to_string(),
-    }
 }
 
 /// The acknowledgement of the oldest commit in flight; pending forever when none is.

@@ -58,7 +58,8 @@ pub(crate) fn result_json(result: &impl Serialize) -> Result<String, Error> {
     String::from_utf8(out).map_err(encoding)
 }
 
-fn encoding(e: impl std::fmt::Display) -> Error {
+/// An encoding failure (JSON that could not be written).
+pub(crate) fn encoding(e: impl std::fmt::Display) -> Error {
     Error::Replay {
         location: "encoding".into(),
         detail: e.to_string(),
