@@ -14,7 +14,7 @@
 
 use serde::Serialize;
 
-use super::{Effect, EventResult, GovernorReport, Outcome, Phase};
+use super::{Effect, EventResult, GovernorReport};
 use crate::governor::EffectKind;
 
 type Error = serde_json::Error;
@@ -44,7 +44,7 @@ pub fn result_json(result: &EventResult, effect_bodies: &[Vec<u8>]) -> Result<St
             out.push(b',');
         }
         out.push(b'"');
-        out.extend_from_slice(phase_name(*phase).as_bytes());
+        out.extend_from_slice(phase.name().as_bytes());
         out.push(b'"');
     }
     out.extend_from_slice(b"],\"governors\":[");
@@ -172,7 +172,7 @@ fn governor_report(out: &mut Vec<u8>, r: &GovernorReport) -> Result<(), Error> {
     out.extend_from_slice(b"{\"governor\":\"");
     out.extend_from_slice(r.governor.name().as_bytes());
     out.extend_from_slice(b"\",\"outcome\":\"");
-    out.extend_from_slice(outcome_name(r.outcome).as_bytes());
+    out.extend_from_slice(r.outcome.name().as_bytes());
     out.extend_from_slice(b"\",\"from\":");
     optional_text(out, r.from.as_deref())?;
     if !r.via.is_empty() {
@@ -226,30 +226,6 @@ fn serde(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) -> Result<(), Err
     serde_json::to_writer(out, value).map_err(encoding)
 }
 
-/// As the derive names them (`rename_all = "snake_case"`); the test below compares.
-fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Initializing => "initializing",
-        Phase::Idle => "idle",
-        Phase::ProcessingEvent => "processing_event",
-        Phase::CoordinatingFsms => "coordinating_fsms",
-        Phase::AwaitingFeedback => "awaiting_feedback",
-        Phase::CompletingAction => "completing_action",
-        Phase::ErrorDetected => "error_detected",
-        Phase::ErrorRecovery => "error_recovery",
-        Phase::ResumeOperation => "resume_operation",
-    }
-}
-
-fn outcome_name(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Success => "success",
-        Outcome::ConflictDetected => "conflict_detected",
-        Outcome::Failed => "failed",
-        Outcome::NotApplicable => "not_applicable",
-    }
-}
-
 fn encoding(e: impl std::fmt::Display) -> Error {
     <Error as serde::ser::Error>::custom(e)
 }
@@ -258,13 +234,14 @@ fn encoding(e: impl std::fmt::Display) -> Error {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::orchestrator::{Outcome, Phase};
 
     #[test]
     fn names_are_the_derives() {
         for phase in Phase::ALL {
             assert_eq!(
                 serde_json::to_string(&phase).unwrap(),
-                format!("\"{}\"", phase_name(phase))
+                format!("\"{}\"", phase.name())
             );
         }
         for outcome in [
@@ -275,7 +252,7 @@ mod tests {
         ] {
             assert_eq!(
                 serde_json::to_string(&outcome).unwrap(),
-                format!("\"{}\"", outcome_name(outcome))
+                format!("\"{}\"", outcome.name())
             );
         }
     }

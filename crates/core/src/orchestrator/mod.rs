@@ -63,6 +63,21 @@ impl Phase {
         Self::ErrorRecovery,
         Self::ResumeOperation,
     ];
+
+    /// The snake_case name (as serialized).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Initializing => "initializing",
+            Self::Idle => "idle",
+            Self::ProcessingEvent => "processing_event",
+            Self::CoordinatingFsms => "coordinating_fsms",
+            Self::AwaitingFeedback => "awaiting_feedback",
+            Self::CompletingAction => "completing_action",
+            Self::ErrorDetected => "error_detected",
+            Self::ErrorRecovery => "error_recovery",
+            Self::ResumeOperation => "resume_operation",
+        }
+    }
 }
 
 /// How an event ended.
@@ -114,6 +129,18 @@ pub enum Outcome {
     Failed,
     /// The event does not concern it in its state.
     NotApplicable,
+}
+
+impl Outcome {
+    /// The snake_case name (as serialized).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::ConflictDetected => "conflict_detected",
+            Self::Failed => "failed",
+            Self::NotApplicable => "not_applicable",
+        }
+    }
 }
 
 /// One governor's part in an event.
