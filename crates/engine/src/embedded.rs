@@ -111,6 +111,15 @@ impl EmbeddedStore {
             Self::Log(s) => Some(s.prepared_segments()),
         }
     }
+
+    /// The log-structured store's batches written with `O_DIRECT` and through the page cache
+    /// since the open (`None` for SQLite).
+    pub fn batches_written(&self) -> Option<(u64, u64)> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Log(s) => Some(s.batches_written()),
+        }
+    }
 }
 
 impl Store for EmbeddedStore {

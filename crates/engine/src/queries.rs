@@ -316,6 +316,11 @@ impl App {
                 "not_ready": not_ready,
                 "meaning": "segments of the log-structured store started from a file written with zeros ahead of use, and started as ordinary growing files because theirs was not ready, since the open",
             })),
+            "store_batches_written": self.store().batches_written().map(|(direct, buffered)| json!({
+                "direct": direct,
+                "buffered": buffered,
+                "meaning": "batches the log-structured store wrote since the open straight to the disk (O_DIRECT, within a prepared segment) and through the page cache",
+            })),
             "known_keys": known_json(&keys, "in-memory filter of stored idempotency keys: a new key needs no read once loaded"),
             "known_streams": known_json(&streams, "in-memory filter of stored customer streams: a new customer needs no read once loaded"),
         }))

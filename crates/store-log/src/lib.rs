@@ -26,6 +26,7 @@
 //! Reads answer the durable state only: the index changes after the sync, so nothing not yet
 //! durable is ever read, and no read waits for a sync.
 
+mod direct;
 mod frame;
 pub mod hash_keys;
 mod index;
@@ -136,6 +137,8 @@ pub(crate) struct Shared {
     pub syncer_idle: std::sync::atomic::AtomicBool,
     /// Where the durable log ends in its last segment (a prepared segment's file is longer).
     pub log_end: AtomicU64,
+    /// Batches written with `O_DIRECT` (direct.rs) since the open.
+    pub batches_direct: AtomicU64,
 }
 
 impl Shared {
@@ -243,6 +246,7 @@ impl LogStore {
             fault: options.fault.clone(),
             syncer_idle: std::sync::atomic::AtomicBool::new(true),
             log_end: AtomicU64::new(opened.last_len),
+            batches_direct: AtomicU64::new(0),
         });
         let (tx, rx) = sync_channel(options.commit_queue_max);
         // A rendezvous: the builder is never more than one batch ahead of the syncer.
@@ -256,6 +260,9 @@ impl LogStore {
             (index.batch, index.head)
         };
         let preparer = prepared::Preparer::start(&log_dir).map_err(Error::Unavailable)?;
+        let direct = direct::DirectSegment::open(&log_dir.join(segments::file_name(segment + 1)));
+        let tail = direct::Tail::read(&opened.last, opened.last_len)
+            .map_err(|e| Error::Unavailable(format!("the last segment's last page: {e}")))?;
         let prepared = preparer.watch();
         let s = writer::Syncer {
             shared: shared.clone(),
@@ -271,6 +278,8 @@ impl LogStore {
             spares: spares_tx,
             segment_bytes_max: options.segment_bytes_max,
             preparer: Some(preparer),
+            direct,
+            tail,
         };
         let syncer = std::thread::Builder::new()
             .name("marketgov-store-syncer".into())
@@ -316,6 +325,13 @@ impl LogStore {
     /// was not ready in time, since the open.
     pub fn prepared_segments(&self) -> (u64, u64) {
         self.prepared.counts()
+    }
+
+    /// Batches written since the open: with `O_DIRECT` (direct.rs), and through the page cache.
+    pub fn batches_written(&self) -> (u64, u64) {
+        let all = self.shared.batches.load(Ordering::Relaxed);
+        let direct = self.shared.batches_direct.load(Ordering::Relaxed);
+        (direct, all.saturating_sub(direct))
     }
 
     /// Test seam: waits at most `timeout` until the next segment is prepared; its number.

@@ -32,6 +32,7 @@ use marketgov_store::transient::{map_with_capacity, TransientMap, TransientSet};
 use marketgov_store::{Commit, Error, OutboxUpdate, Receipt, TimerWrite};
 use tokio::sync::oneshot;
 
+use crate::direct::{DirectSegment, Tail};
 use crate::frame::{self, table_code, Record, StreamPrev};
 use crate::index::{EffectState, Index, Key, Loc};
 use crate::prepared::{self, Preparer};
@@ -131,6 +132,11 @@ pub(crate) struct Syncer {
     pub segment_bytes_max: u64,
     /// Prepares the next segment (prepared.rs); `None`: none is prepared.
     pub preparer: Option<Preparer>,
+    /// The segment's `O_DIRECT` handle (direct.rs); `None`: every write goes through the page
+    /// cache.
+    pub direct: Option<DirectSegment>,
+    /// The segment's partial last page, written again at the start of a direct write.
+    pub tail: Tail,
 }
 
 /// What the commits before this one in the batch changed, layered over the index.
@@ -673,6 +679,9 @@ impl Syncer {
                 .len();
             self.file = file;
             self.len = 0;
+            self.tail = Tail::default();
+            self.direct =
+                DirectSegment::open(&segments::dir_of(&self.dir).join(segments::file_name(number)));
         }
         if batch.segment != self.segment || batch.base != self.len {
             return Err(format!(
@@ -697,18 +706,38 @@ impl Syncer {
             }
             _ => {}
         }
-        // Within a prepared segment's room the write goes on with its zeros to the end of its
-        // last page: a page written only in part, and not in the page cache (the room was
-        // written around it), is first read from the disk, one synchronous read per batch.
-        // The next batch writes over them; the open takes zeros after the last batch as the
-        // end, as it does for the rest of the room.
-        let bytes = batch.buf.len();
-        let end = self.len + bytes as u64;
-        let padded = end.next_multiple_of(PAGE_BYTES).min(self.file_len).max(end);
-        batch.buf.resize(bytes + (padded - end) as usize, 0);
-        let written = self.file.write_all_at(&batch.buf, self.len);
-        batch.buf.truncate(bytes);
-        written.map_err(|e| format!("write to segment {}: {e}", self.segment + 1))?;
+        // Within a prepared segment's room, straight to the disk (direct.rs).
+        let direct = match &mut self.direct {
+            Some(d) => match d.write(&self.tail, self.len, &batch.buf, self.file_len) {
+                Ok(written) => written,
+                // Refused before any I/O (an alignment this file system does not take): this
+                // segment's writes go through the page cache instead.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.direct = None;
+                    false
+                }
+                Err(e) => return Err(format!("write to segment {}: {e}", self.segment + 1)),
+            },
+            None => false,
+        };
+        if !direct {
+            // Within a prepared segment's room the write goes on with its zeros to the end of
+            // its last page: a page written only in part, and not in the page cache (the room
+            // was written around it), is first read from the disk, one synchronous read per
+            // batch. The next batch writes over them; the open takes zeros after the last
+            // batch as the end, as it does for the rest of the room.
+            let bytes = batch.buf.len();
+            let end = self.len + bytes as u64;
+            let padded = end.next_multiple_of(PAGE_BYTES).min(self.file_len).max(end);
+            batch.buf.resize(bytes + (padded - end) as usize, 0);
+            let written = self.file.write_all_at(&batch.buf, self.len);
+            batch.buf.truncate(bytes);
+            written.map_err(|e| format!("write to segment {}: {e}", self.segment + 1))?;
+        }
+        if direct {
+            self.shared.batches_direct.fetch_add(1, Ordering::Relaxed);
+        }
+        self.tail.after(self.len, &batch.buf);
         self.file
             .sync_data()
             .map_err(|e| format!("sync of segment {}: {e}", self.segment + 1))?;

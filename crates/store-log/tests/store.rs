@@ -1291,6 +1291,20 @@ fn into_a_prepared_segment(store: &LogStore, dir: &Path, more: u64) -> u64 {
     i
 }
 
+fn direct_writes_supported(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join("direct.probe");
+    let supported = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(probe);
+    supported
+}
+
 #[test]
 fn a_prepared_segment_is_written_into_and_reopens_as_the_same_log_after_a_crash_or_a_close() {
     let dir = tempfile::tempdir().unwrap();
@@ -1314,6 +1328,12 @@ fn a_prepared_segment_is_written_into_and_reopens_as_the_same_log_after_a_crash_
         "the unused room is not counted"
     );
     let expected = summary(&store);
+    // Into the room, the batches went straight to the disk (direct.rs), where the file system
+    // takes O_DIRECT (tmpfs does not).
+    if direct_writes_supported(dir.path()) {
+        let (direct, buffered) = store.batches_written();
+        assert!(direct >= 5 && buffered > 0, "{direct} {buffered}");
+    }
 
     let crashed = copy_as_crashed(dir.path());
     let reopened = LogStore::open(prepared_segments(crashed.path())).unwrap();
