@@ -87,6 +87,10 @@ enum Pass {
     Settle,
 }
 
+/// Latency records the worker slots share, at most (slot `i` records into `i % this`): few
+/// enough to stay in the cache, enough that two runtime threads seldom want the same one.
+const LATENCY_RECORDS_MAX: usize = 8;
+
 /// Calls of `advance_clock_to` per rung at most (each fires up to
 /// `marketgov_engine::FIRINGS_PER_CALL_MAX` timers).
 const LADDER_ADVANCE_CALLS_MAX: usize = 1_000;
@@ -576,11 +580,12 @@ async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
     }
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicU64::new(0));
-    // One record per worker slot for the whole run, merged at its end: a fresh 26 KiB record
-    // per worker and pass was 1 % of the run's CPU (its pages faulted in, then merged).
-    let latencies: Arc<Vec<Mutex<Option<Histogram>>>> = Arc::new(
-        (0..settings.concurrency.max(1))
-            .map(|_| Mutex::new(None))
+    // A few records for the whole run, shared by the worker slots and merged at its end: a
+    // fresh 26 KiB record per worker and pass was 1 % of the run's CPU (its pages faulted in,
+    // then merged), and one per slot (6.5 MiB at 256) missed the cache at nearly every value.
+    let latencies: Arc<Vec<Mutex<Histogram>>> = Arc::new(
+        (0..settings.concurrency.clamp(1, LATENCY_RECORDS_MAX))
+            .map(|_| Mutex::new(Histogram::new()))
             .collect(),
     );
     let errors: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
@@ -651,10 +656,7 @@ async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
             let (customers, seed) = (settings.customers, settings.seed);
             let live = matches!(client, Client::Http(_));
             workers.push(tokio::spawn(async move {
-                let mut mine = latencies
-                    .get(slot)
-                    .and_then(|m| m.lock().ok().and_then(|mut h| h.take()))
-                    .unwrap_or_default();
+                let mine = latencies.get(slot % latencies.len().max(1));
                 let mut conn = None;
                 let mut wrong = std::collections::BTreeMap::<String, u64>::new();
                 loop {
@@ -689,7 +691,10 @@ async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
                             replays_previous,
                         } = step;
                         let answer = client.submit(&mut conn, &key, event).await;
-                        mine.record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
+                        let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        if let Some(Ok(mut h)) = mine.map(|m| m.lock()) {
+                            h.record(micros);
+                        }
                         done.fetch_add(1, Ordering::Relaxed);
                         let problem = match &answer {
                             Err(kind) => Some(kind.clone()),
@@ -710,9 +715,6 @@ async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
                             previous = Some((key, a.status));
                         }
                     }
-                }
-                if let Some(Ok(mut kept)) = latencies.get(slot).map(|m| m.lock()) {
-                    *kept = Some(mine);
                 }
                 if let Ok(mut all) = errors.lock() {
                     for (kind, n) in wrong {
@@ -755,9 +757,9 @@ async fn run_on(settings: &Settings, client: Client) -> anyhow::Result<()> {
         .zip(durable_before)
         .map(|(now, then)| now.since(&then));
     let mut lat = Histogram::new();
-    for slot in latencies.iter() {
-        if let Some(mine) = slot.lock().ok().and_then(|mut h| h.take()) {
-            lat.merge(&mine);
+    for record in latencies.iter() {
+        if let Ok(h) = record.lock() {
+            lat.merge(&h);
         }
     }
     let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
