@@ -54,6 +54,8 @@ pub struct Settings {
     pub rate: Option<u64>,
     /// The embedded store of an in-process run.
     pub store: marketgov_engine::StoreKind,
+    /// The log-structured store writes past the page cache (`EngineOptions::log_direct_writes`).
+    pub direct_writes: bool,
 }
 
 /// The tenant of the in-process run (over HTTP, the API key's tenant).
@@ -529,6 +531,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         options.snapshot_every_events = settings.snapshot_every_events.max(1);
         options.snapshot_on_eviction_events = settings.snapshot_on_eviction_events;
         options.store_kind = settings.store;
+        options.log_direct_writes = settings.direct_writes;
         let app = App::open(options).with_context(|| format!("opening {}", dir.display()))?;
         run_on(&settings, Client::InProc(app)).await
     });
@@ -844,6 +847,7 @@ fn report(
         "streams_in_memory_max": if mode == "inproc" { json!(settings.streams_in_memory_max) } else { Value::Null },
         "snapshot_every_events": if mode == "inproc" { json!(settings.snapshot_every_events) } else { Value::Null },
         "snapshot_on_eviction_events": if mode == "inproc" { json!(settings.snapshot_on_eviction_events) } else { Value::Null },
+        "direct_writes": if mode == "inproc" { json!(settings.direct_writes) } else { Value::Null },
         "snapshots_on_eviction": delta(&["snapshots_on_eviction"]),
         "seed": settings.seed,
         "events": events,
@@ -859,6 +863,7 @@ fn report(
         // The log-structured store's index at the end of the run (null for SQLite).
         "store_index_memory": after["store_index_memory"].clone(),
         "store_segments_prepared": after["store_segments_prepared"].clone(),
+        "store_batches_written": after["store_batches_written"].clone(),
         "store_bytes_per_event": n(after, &["store_bytes"]) as f64 / n(after, &["events_processed"]).max(1) as f64,
         "commit_batch_size_mean": commits as f64 / batches as f64,
         "coordination_compute_ratio": handle.saturating_sub(decide) as f64 / decide.max(1) as f64,

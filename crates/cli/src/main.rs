@@ -159,6 +159,11 @@ enum Command {
         /// log-structured store, not yet the default: docs/store-log.md).
         #[arg(long, value_enum, default_value_t = StoreChoice::Sqlite)]
         store: StoreChoice,
+        /// The log-structured store writes each batch into a prepared segment with `O_DIRECT`,
+        /// past the page cache (in process; docs/store-log.md: less CPU on a long run, but
+        /// records just written are read back from the disk).
+        #[arg(long)]
+        direct_writes: bool,
     },
     /// API keys.
     Keys {
@@ -510,6 +515,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             data_dir,
             store,
+            direct_writes,
         } => {
             if mode == BenchMode::Http && target.is_none() {
                 anyhow::bail!("--mode http needs --target http://HOST:PORT");
@@ -528,6 +534,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 api_key,
                 rate,
                 store: store.kind(),
+                direct_writes,
             })
         }
         Command::Ingest {

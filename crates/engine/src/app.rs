@@ -233,6 +233,7 @@ impl App {
                 let mut store_options = marketgov_store_log::Options::new(&options.data_dir);
                 store_options.signer = Some(signer);
                 store_options.checkpoint_every_entries = options.checkpoint_every_entries;
+                store_options.direct_writes = options.log_direct_writes;
                 EmbeddedStore::Log(marketgov_store_log::LogStore::open(store_options)?)
             }
         });

@@ -152,6 +152,9 @@ pub struct EngineOptions {
     pub store_fault: Option<Arc<marketgov_store_sqlite::FaultInjector>>,
     /// The embedded store of a new data directory (an existing one keeps its own).
     pub store_kind: StoreKind,
+    /// The log-structured store writes batches past the page cache (its
+    /// `Options::direct_writes`; off by default).
+    pub log_direct_writes: bool,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -191,6 +194,7 @@ impl EngineOptions {
             checkpoint_every_entries: 1000,
             store_fault: None,
             store_kind: StoreKind::default(),
+            log_direct_writes: false,
             webhook: None,
             gcp_procurement: None,
         }

@@ -1,5 +1,7 @@
 //! Batches written into a prepared segment's room with `O_DIRECT`: from a buffer of the
-//! syncer's own straight to the disk, never through the page cache.
+//! syncer's own straight to the disk, never through the page cache. Only when asked
+//! (`Options::direct_writes`): a record read soon after it was written then comes from the
+//! disk (docs/store-log.md has what that cost).
 //!
 //! Why: a buffered `pwrite` copies each batch into page-cache pages, fresh ones as the log
 //! grows. On this project's VM a page the guest has not touched lately costs a fault in the

@@ -132,6 +132,8 @@ pub(crate) struct Syncer {
     pub segment_bytes_max: u64,
     /// Prepares the next segment (prepared.rs); `None`: none is prepared.
     pub preparer: Option<Preparer>,
+    /// See [`crate::Options::direct_writes`].
+    pub direct_writes: bool,
     /// The segment's `O_DIRECT` handle (direct.rs); `None`: every write goes through the page
     /// cache.
     pub direct: Option<DirectSegment>,
@@ -680,8 +682,14 @@ impl Syncer {
             self.file = file;
             self.len = 0;
             self.tail = Tail::default();
-            self.direct =
-                DirectSegment::open(&segments::dir_of(&self.dir).join(segments::file_name(number)));
+            self.direct = self
+                .direct_writes
+                .then(|| {
+                    DirectSegment::open(
+                        &segments::dir_of(&self.dir).join(segments::file_name(number)),
+                    )
+                })
+                .flatten();
         }
         if batch.segment != self.segment || batch.base != self.len {
             return Err(format!(

@@ -1307,6 +1307,25 @@ fn direct_writes_supported(dir: &Path) -> bool {
 
 #[test]
 fn a_prepared_segment_is_written_into_and_reopens_as_the_same_log_after_a_crash_or_a_close() {
+    prepared_segment_round_trip(false);
+}
+
+#[test]
+fn a_prepared_segment_written_past_the_page_cache_reopens_as_the_same_log_after_a_crash_or_a_close()
+{
+    prepared_segment_round_trip(true);
+}
+
+/// Options of [`prepared_segments`] writing with `O_DIRECT` (direct.rs) or through the page
+/// cache.
+fn prepared_direct(dir: &Path, direct: bool) -> Options {
+    let mut o = prepared_segments(dir);
+    o.direct_writes = direct;
+    o
+}
+
+fn prepared_segment_round_trip(direct: bool) {
+    let prepared_segments = |dir: &Path| prepared_direct(dir, direct);
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(prepared_segments(dir.path())).unwrap();
     let next = into_a_prepared_segment(&store, dir.path(), 5);
@@ -1330,9 +1349,14 @@ fn a_prepared_segment_is_written_into_and_reopens_as_the_same_log_after_a_crash_
     let expected = summary(&store);
     // Into the room, the batches went straight to the disk (direct.rs), where the file system
     // takes O_DIRECT (tmpfs does not).
-    if direct_writes_supported(dir.path()) {
-        let (direct, buffered) = store.batches_written();
-        assert!(direct >= 5 && buffered > 0, "{direct} {buffered}");
+    let (written_direct, buffered) = store.batches_written();
+    if direct && direct_writes_supported(dir.path()) {
+        assert!(
+            written_direct >= 5 && buffered > 0,
+            "{written_direct} {buffered}"
+        );
+    } else {
+        assert_eq!(written_direct, 0);
     }
 
     let crashed = copy_as_crashed(dir.path());
