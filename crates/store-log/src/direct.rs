@@ -33,7 +33,8 @@ use std::path::Path;
 /// block size the disks here have (as the preparer's writes, prepared.rs).
 pub const ALIGN: u64 = 4096;
 
-/// The bytes of a segment's partial last page, and where that page starts.
+/// The bytes of a segment's partial last page (the page starts at the segment's length rounded
+/// down to [`ALIGN`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tail {
     /// The page's bytes up to the segment's length (fewer than [`ALIGN`]).
@@ -112,6 +113,9 @@ impl DirectSegment {
         // Room for the window at any alignment: nothing below reallocates, so the offset holds.
         self.buf.reserve(padded + ALIGN as usize);
         let offset = self.buf.as_ptr().align_offset(ALIGN as usize);
+        if offset >= ALIGN as usize {
+            return Ok(false); // cannot be aligned (never for bytes): through the page cache
+        }
         self.buf.resize(offset, 0);
         self.buf.extend_from_slice(&tail.bytes);
         self.buf.extend_from_slice(bytes);

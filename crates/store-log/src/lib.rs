@@ -270,8 +270,11 @@ impl LogStore {
             .direct_writes
             .then(|| direct::DirectSegment::open(&log_dir.join(segments::file_name(segment + 1))))
             .flatten();
-        let tail = direct::Tail::read(&opened.last, opened.last_len)
-            .map_err(|e| Error::Unavailable(format!("the last segment's last page: {e}")))?;
+        let tail = match options.direct_writes {
+            true => direct::Tail::read(&opened.last, opened.last_len)
+                .map_err(|e| Error::Unavailable(format!("the last segment's last page: {e}")))?,
+            false => direct::Tail::default(),
+        };
         let prepared = preparer.watch();
         let s = writer::Syncer {
             shared: shared.clone(),

@@ -137,7 +137,8 @@ pub(crate) struct Syncer {
     /// The segment's `O_DIRECT` handle (direct.rs); `None`: every write goes through the page
     /// cache.
     pub direct: Option<DirectSegment>,
-    /// The segment's partial last page, written again at the start of a direct write.
+    /// The segment's partial last page, written again at the start of a direct write (kept
+    /// only with `direct_writes`).
     pub tail: Tail,
 }
 
@@ -745,7 +746,9 @@ impl Syncer {
         if direct {
             self.shared.batches_direct.fetch_add(1, Ordering::Relaxed);
         }
-        self.tail.after(self.len, &batch.buf);
+        if self.direct_writes {
+            self.tail.after(self.len, &batch.buf);
+        }
         self.file
             .sync_data()
             .map_err(|e| format!("sync of segment {}: {e}", self.segment + 1))?;
