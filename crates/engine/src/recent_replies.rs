@@ -244,6 +244,14 @@ mod tests {
             .is_none());
     }
 
+    /// The JSON of tenant `t`'s answer to `key` at `now_ms`, if the cache answers.
+    fn replayed_json(cache: &RecentReplies, key: &str, now_ms: i64) -> Option<String> {
+        cache
+            .replay("t", key, "events", &[7; 32], now_ms, 1_000)
+            .unwrap()
+            .map(|r| r.json())
+    }
+
     #[test]
     fn the_oldest_answers_leave_first_and_a_reinserted_key_keeps_its_newest() {
         let cache = RecentReplies::new(3);
@@ -255,12 +263,7 @@ mod tests {
         cache.insert("t", "d", answer(60, "d"));
         cache.insert("t", "e", answer(70, "e"));
         assert_eq!(cache.len(), 3);
-        let json = |k: &str| {
-            cache
-                .replay("t", k, "events", &[7; 32], 80, 1_000)
-                .unwrap()
-                .map(|r| r.json())
-        };
+        let json = |k: &str| replayed_json(&cache, k, 80);
         assert_eq!(json("a").as_deref(), Some("a2"));
         assert_eq!((json("b"), json("c")), (None, None));
         assert_eq!(json("d").as_deref(), Some("d"));
@@ -274,12 +277,7 @@ mod tests {
         cache.insert("t", "a", answer(10, "a2"));
         cache.insert("t", "b", answer(20, "b"));
         assert_eq!(cache.len(), 2);
-        let json = |k: &str| {
-            cache
-                .replay("t", k, "events", &[7; 32], 30, 1_000)
-                .unwrap()
-                .map(|r| r.json())
-        };
+        let json = |k: &str| replayed_json(&cache, k, 30);
         // "c" takes the slot of "a"'s first answer: its second stays.
         cache.insert("t", "c", answer(30, "c"));
         assert_eq!(json("a").as_deref(), Some("a2"));
