@@ -188,30 +188,43 @@ fn table_of(code: u8) -> Option<VersionedTable> {
     })
 }
 
-/// Appends frames to a buffer (and the index kept at a clean stop: index_at_close.rs).
-pub(crate) struct Out<'a>(pub &'a mut Vec<u8>);
+/// Where [`Out`] puts its bytes: a buffer (frames), or a file written as it goes (the index
+/// kept at a clean stop, index_at_close.rs, which at 10^7 events would be a 91 MB buffer).
+pub(crate) trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
 
-impl Out<'_> {
+impl Sink for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Appends frames to a buffer (and the index kept at a clean stop: index_at_close.rs).
+pub(crate) struct Out<'a, S: Sink = Vec<u8>>(pub &'a mut S);
+
+impl<S: Sink> Out<'_, S> {
     pub fn u8(&mut self, v: u8) {
-        self.0.push(v);
+        self.0.put(&[v]);
     }
     pub fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.0.put(&v.to_le_bytes());
     }
     pub fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.0.put(&v.to_le_bytes());
     }
     pub fn i64(&mut self, v: i64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.0.put(&v.to_le_bytes());
     }
     pub fn hash(&mut self, h: &Hash) {
-        self.0.extend_from_slice(h);
+        self.0.put(h);
     }
     pub fn bytes(&mut self, b: &[u8]) {
         // Bodies are bounded far below 4 GiB by the engine (request bodies are limited); a
         // longer one would not fit the frame anyway and is refused before it gets here.
         self.u32(b.len() as u32);
-        self.0.extend_from_slice(b);
+        self.0.put(b);
     }
     pub fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use marketgov_store::filter::{ScalableBloom, StackedBloom};
 use marketgov_store::Error;
 
-use crate::frame::{Bad, In, Out};
+use crate::frame::{Bad, In, Out, Sink};
 use crate::hash_keys::KeyedHash64;
 use crate::index::{Inconsistent, Loc};
 use crate::prehashed::PrehashedMap;
@@ -620,7 +620,7 @@ impl KeyTable {
     /// Writes what the table holds in memory, for the index kept at a clean stop
     /// (index_at_close.rs): the open segment's keys, the stacks' plan, and the filter over all
     /// keys (if it has one).
-    pub(crate) fn save(&self, o: &mut Out) {
+    pub(crate) fn save<S: Sink>(&self, o: &mut Out<S>) {
         o.u32(self.open_segment);
         o.u64(self.open.len() as u64);
         for (hash, loc) in &self.open {

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use marketgov_store::Error;
 
-use crate::frame::{Bad, In, Out};
+use crate::frame::{Bad, In, Out, Sink};
 use crate::hash_keys::KeyedHash128;
 use crate::index::Loc;
 use crate::keys::write_run_file;
@@ -419,7 +419,7 @@ impl StreamTable {
     /// Writes what the table holds in memory, for the index kept at a clean stop
     /// (index_at_close.rs): every slot, the side map, the open segment's new names, and which
     /// closed segments have a name run.
-    pub(crate) fn save(&self, o: &mut Out) {
+    pub(crate) fn save<S: Sink>(&self, o: &mut Out<S>) {
         for map in &self.slots {
             o.u64(map.len() as u64);
             for (key, slot) in map {
@@ -504,7 +504,7 @@ impl StreamTable {
 /// A slot's bytes in the index kept at close: check, version, last event, latest snapshot.
 const SLOT_BYTES: usize = 4 + 4 + 8 + 8;
 
-fn save_slot(o: &mut Out, slot: &StreamSlot) {
+fn save_slot<S: Sink>(o: &mut Out<S>, slot: &StreamSlot) {
     o.u32(slot.check);
     o.u32(slot.version);
     o.u64(slot.last.raw());
