@@ -86,6 +86,14 @@ impl DirectSegment {
         })
     }
 
+    /// Segment `number`'s (from 1) in the segments' directory `log_dir`, if direct writes are
+    /// `wanted` and the file system takes them.
+    pub fn open_if(wanted: bool, log_dir: &Path, number: u32) -> Option<Self> {
+        wanted
+            .then(|| Self::open(&log_dir.join(crate::segments::file_name(number))))
+            .flatten()
+    }
+
     /// Writes `bytes` at `at` (the segment's length, `tail` its partial last page), with the
     /// tail before them and zeros after them to a page's end, if that ends within `room`
     /// (the file's length). `Ok(false)`: it does not fit; nothing was written.

@@ -370,3 +370,37 @@ fn restore(i: &mut In, index: &mut Index) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_body_spilled_over_many_chunks_is_the_bytes_and_the_crc_of_one_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spilled");
+        let mut spill = Spill {
+            file: File::create(&path).unwrap(),
+            buf: Vec::new(),
+            crc: 0,
+            error: None,
+        };
+        // Pieces of every size through the same `Out` as the index, past several chunks.
+        let mut whole = Vec::new();
+        let mut o = Out(&mut spill);
+        for n in 0..40_000u64 {
+            let piece: Vec<u8> = (0..n % 300).map(|i| (i * 31 + n) as u8).collect();
+            o.u64(n);
+            o.bytes(&piece);
+            Out(&mut whole).u64(n);
+            Out(&mut whole).bytes(&piece);
+        }
+        spill.flush();
+        assert!(whole.len() > 3 * SPILL_BYTES, "{}", whole.len());
+        assert!(spill.error.is_none());
+        assert_eq!(spill.crc, crc32c::crc32c(&whole));
+        drop(spill);
+        assert_eq!(std::fs::read(&path).unwrap(), whole);
+    }
+}

@@ -266,10 +266,7 @@ impl LogStore {
             (index.batch, index.head)
         };
         let preparer = prepared::Preparer::start(&log_dir).map_err(Error::Unavailable)?;
-        let direct = options
-            .direct_writes
-            .then(|| direct::DirectSegment::open(&log_dir.join(segments::file_name(segment + 1))))
-            .flatten();
+        let direct = direct::DirectSegment::open_if(options.direct_writes, &log_dir, segment + 1);
         let tail = match options.direct_writes {
             true => direct::Tail::read(&opened.last, opened.last_len)
                 .map_err(|e| Error::Unavailable(format!("the last segment's last page: {e}")))?,

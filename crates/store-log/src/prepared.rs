@@ -33,6 +33,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::direct;
+
 /// The first segment's capacity; each later one doubles it, up to `segment_bytes_max`.
 pub const FIRST_SEGMENT_BYTES: u64 = 16 << 20;
 
@@ -43,9 +45,8 @@ pub const PREPARE_AFTER_BYTES_MAX: u64 = 2 << 20;
 /// Zeros written, then synced, at a time.
 pub const CHUNK_BYTES: usize = 512 << 10;
 
-/// What `O_DIRECT` writes are aligned to (buffer, offset and length): a page, a multiple of
-/// every block size the disks here have.
-const DIRECT_ALIGN: usize = 4096;
+/// What `O_DIRECT` writes are aligned to (buffer, offset and length): see [`direct::ALIGN`].
+const DIRECT_ALIGN: usize = direct::ALIGN as usize;
 
 /// The capacity of segment `number` (from 1): the writer starts the next segment when a batch
 /// would take this one past it (a batch larger than a whole segment still goes in one).

@@ -683,14 +683,8 @@ impl Syncer {
             self.file = file;
             self.len = 0;
             self.tail = Tail::default();
-            self.direct = self
-                .direct_writes
-                .then(|| {
-                    DirectSegment::open(
-                        &segments::dir_of(&self.dir).join(segments::file_name(number)),
-                    )
-                })
-                .flatten();
+            self.direct =
+                DirectSegment::open_if(self.direct_writes, &segments::dir_of(&self.dir), number);
         }
         if batch.segment != self.segment || batch.base != self.len {
             return Err(format!(
@@ -742,8 +736,7 @@ impl Syncer {
             let written = self.file.write_all_at(&batch.buf, self.len);
             batch.buf.truncate(bytes);
             written.map_err(|e| format!("write to segment {}: {e}", self.segment + 1))?;
-        }
-        if direct {
+        } else {
             self.shared.batches_direct.fetch_add(1, Ordering::Relaxed);
         }
         if self.direct_writes {
@@ -784,8 +777,9 @@ impl Syncer {
 }
 
 /// The page size the syncer rounds its writes into a prepared segment up to (the common
-/// one: where the kernel's pages are larger a write ends within a page, and is only slower).
-const PAGE_BYTES: u64 = 4096;
+/// one: where the kernel's pages are larger a write ends within a page, and is only slower);
+/// the same page a direct write is aligned to.
+const PAGE_BYTES: u64 = crate::direct::ALIGN;
 
 /// The bytes of one commit's bodies at most, so that a batch (closed past half of
 /// [`BATCH_BYTES_MAX`]) never outgrows what the open accepts as one batch.
