@@ -766,6 +766,29 @@ mod tests {
         }
     }
 
+    /// The log store skips runs for an effect key by its ordinal (keys.rs): the nonce and
+    /// the count of the event id it is made of. Should the id change shape, effect lookups
+    /// would still be answered, but by asking every run.
+    #[test]
+    fn an_effect_key_carries_its_event_ids_nonce_and_count_as_its_ordinal() {
+        use marketgov_store_log::keys::Ordinal;
+        for (ms, nonce, n, i) in [
+            (1_767_225_600_000i64, 0xc892_a7f6u32, 4u64, 0usize),
+            (0, 0, 0, 17),
+            (-1, u32::MAX, u64::MAX, 3),
+        ] {
+            let key = format!("{}:{i}", super::event_id(ms, nonce, n));
+            assert_eq!(
+                Ordinal::of_key(&key),
+                Some(Ordinal {
+                    issuer: u64::from(nonce),
+                    n
+                }),
+                "{key}"
+            );
+        }
+    }
+
     #[test]
     fn the_receipt_is_added_to_the_result_object_as_valid_json() {
         let receipt = Some((7, [1u8; 32], [2u8; 32]));

@@ -5,11 +5,14 @@
 //! newest key, and for the oldest. A lookup offers candidate locations newest first until one is
 //! accepted: for a new key every one is refused (each is a false positive of the filters and
 //! costs a page read of a run file; the caller would also read the record), for the others the
-//! right one is accepted. Run with `cargo bench -p marketgov-store-log --bench keys`.
+//! right one is accepted. The keys are shaped as the engine's effect keys, so each carries its
+//! [`Ordinal`] and the runs are fenced: `new_key` and the others ask with the key's ordinal, as
+//! the writer does; `new_key_without_ordinal` asks as it did before fences (every stack's filter
+//! probed). Run with `cargo bench -p marketgov-store-log --bench keys`.
 
 use std::cell::Cell;
 
-use marketgov_store_log::keys::{Gate, KeyTable};
+use marketgov_store_log::keys::{Gate, KeyTable, Ordinal};
 use marketgov_store_log::Loc;
 
 const KEYS_PER_RUN: u64 = 200_000;
@@ -24,8 +27,15 @@ struct Table {
     keys: u64,
 }
 
+/// The effect key of an event numbered `n` by one process, as the engine writes it.
 fn key(n: u64) -> String {
-    format!("evt-{n:012}:gcp:0")
+    format!("evt-19aea0f3c80-0badf00d-{n:x}:0")
+}
+
+/// A key's hash and ordinal.
+fn asked(table: &KeyTable, n: u64) -> (u64, Option<Ordinal>) {
+    let k = key(n);
+    (table.hash(&[&k]), Ordinal::of_key(&k))
 }
 
 /// `runs` closed segments and an open one, `KEYS_PER_RUN` keys each.
@@ -37,8 +47,8 @@ fn table(runs: u32) -> Table {
     let mut n = 0;
     for segment in 0..=runs {
         for i in 0..KEYS_PER_RUN {
-            let h = table.hash(&[&key(n)]);
-            if let Err(e) = table.insert(h, Loc::new(segment, 100 + i * 64), n as i64) {
+            let (h, ordinal) = asked(&table, n);
+            if let Err(e) = table.insert(h, ordinal, Loc::new(segment, 100 + i * 64), n as i64) {
                 panic!("insert: {e:?}");
             }
             n += 1;
@@ -64,29 +74,42 @@ fn new_key(bencher: divan::Bencher, runs: u32) {
         .with_inputs(|| {
             let n = next.get();
             next.set(n + 1);
-            t.table.hash(&[&key(n)])
+            asked(&t.table, n)
         })
-        .bench_local_values(|h| t.table.find_newest(h, |_| Ok(None::<Loc>)));
+        .bench_local_values(|(h, o)| t.table.find_newest(h, o, |_| Ok(None::<Loc>)));
+}
+
+#[divan::bench(args = [1, 8, 32, 75], sample_count = 2000)]
+fn new_key_without_ordinal(bencher: divan::Bencher, runs: u32) {
+    let t = table(runs);
+    let next = Cell::new(t.keys);
+    bencher
+        .with_inputs(|| {
+            let n = next.get();
+            next.set(n + 1);
+            asked(&t.table, n).0
+        })
+        .bench_local_values(|h| t.table.find_newest(h, None, |_| Ok(None::<Loc>)));
 }
 
 #[divan::bench(args = [1, 8, 32, 75], sample_count = 30)]
 fn newest_key(bencher: divan::Bencher, runs: u32) {
     let t = table(runs);
-    let h = t.table.hash(&[&key(t.keys - 1)]);
+    let (h, o) = asked(&t.table, t.keys - 1);
     let newest = Loc::new(runs, 100 + (KEYS_PER_RUN - 1) * 64);
     bencher.bench_local(|| {
         t.table
-            .find_newest(h, |loc| Ok((loc == newest).then_some(loc)))
+            .find_newest(h, o, |loc| Ok((loc == newest).then_some(loc)))
     });
 }
 
 #[divan::bench(args = [1, 8, 32, 75], sample_count = 30)]
 fn oldest_key(bencher: divan::Bencher, runs: u32) {
     let t = table(runs);
-    let h = t.table.hash(&[&key(0)]);
+    let (h, o) = asked(&t.table, 0);
     let oldest = Loc::new(0, 100);
     bencher.bench_local(|| {
         t.table
-            .find_newest(h, |loc| Ok((loc == oldest).then_some(loc)))
+            .find_newest(h, o, |loc| Ok((loc == oldest).then_some(loc)))
     });
 }

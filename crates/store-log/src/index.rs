@@ -24,7 +24,7 @@ use marketgov_audit::{Checkpoint, Head};
 
 use crate::frame::{table_code, Record, StreamPrev};
 use crate::hash_keys::HashKeys;
-use crate::keys::{Gate, KeyTable};
+use crate::keys::{Gate, KeyTable, Ordinal};
 use crate::prehashed::PrehashedMap;
 use crate::streams::{NameHash, StreamTable};
 use marketgov_store::transient::TransientMap;
@@ -330,7 +330,7 @@ impl Index {
                 ..
             } => {
                 let hash = self.keys.hash(&[tenant, key]);
-                self.keys.insert(hash, loc, *created_at_ms)?;
+                self.keys.insert(hash, None, loc, *created_at_ms)?;
                 self.keys_live += 1;
             }
             Record::IdempotencyDelete { tenant, key, at } => {
@@ -396,7 +396,8 @@ impl Index {
                 }
                 self.effect_id_max = *id;
                 let hash = self.effects.hash(&[effect_key]);
-                self.effects.insert(hash, loc, *not_before_ms)?;
+                let ordinal = Ordinal::of_key(effect_key);
+                self.effects.insert(hash, ordinal, loc, *not_before_ms)?;
                 self.effects_pending += 1;
                 if self.spilled_from.is_none() && self.pending.len() < self.effects_in_memory_max {
                     self.pending.insert(

@@ -32,7 +32,7 @@ use crate::index::{EffectIndex, Index, Loc};
 
 /// The file's name in the segments' directory.
 pub const FILE: &str = "index.at-close";
-const MAGIC: &[u8; 8] = b"MGIDXC01";
+const MAGIC: &[u8; 8] = b"MGIDXC02";
 /// The last segment's bytes whose CRC32C the file records (fewer if the segment is shorter).
 const TAIL_BYTES: u64 = 4096;
 

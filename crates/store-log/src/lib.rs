@@ -673,7 +673,7 @@ impl Store for LogStore {
             return Ok(None);
         }
         let index = self.index()?;
-        index.keys.find_newest_past_gate(hash, |loc| {
+        index.keys.find_newest_past_gate(hash, None, |loc| {
             if !index.key_kept(loc) {
                 return Ok(None);
             }

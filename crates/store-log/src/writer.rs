@@ -35,6 +35,7 @@ use tokio::sync::oneshot;
 use crate::direct::{DirectSegment, Tail};
 use crate::frame::{self, table_code, Record, StreamPrev};
 use crate::index::{EffectState, Index, Key, Loc};
+use crate::keys::Ordinal;
 use crate::prepared::{self, Preparer};
 use crate::segments::{self, Segments, BATCH_BYTES_MAX};
 use crate::{FaultMode, Shared};
@@ -246,7 +247,7 @@ impl View<'_> {
     fn durable_key(&self, k: &Key) -> Result<Option<Loc>, Error> {
         let (tenant, key) = (k.0.as_str(), k.1.as_str());
         let keys = &self.index.keys;
-        keys.find_newest(keys.hash(&[tenant, key]), |loc| {
+        keys.find_newest(keys.hash(&[tenant, key]), None, |loc| {
             if !self.key_kept(loc) {
                 return Ok(None);
             }
@@ -273,7 +274,7 @@ impl View<'_> {
             return Ok(Some(*state));
         }
         let effects = &self.index.effects;
-        effects.find_newest(effects.hash(&[key]), |at| {
+        effects.find_newest(effects.hash(&[key]), Ordinal::of_key(key), |at| {
             Ok(match self.segments.read(at)? {
                 Record::OutboxPut { effect_key, .. } if effect_key == key => {
                     let state = if self.index.effect_pending(at) {
